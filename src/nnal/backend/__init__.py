@@ -1,0 +1,1 @@
+"""The only package that imports nnunetv2: planning, training, scoring and evaluation."""

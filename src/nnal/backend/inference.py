@@ -1,0 +1,104 @@
+"""Batched 2D forward passes over preprocessed volumes: network building, slice batching, Dice."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnal.backend.planning import CONFIGURATION
+
+
+def build_network(plans: dict, dataset_json: dict, weights: Mapping[str, torch.Tensor] | None,
+                  device: torch.device) -> torch.nn.Module:
+    """nnU-Net's 2d network from the plans, deep supervision off, weights loaded, in eval mode."""
+    manager = PlansManager(plans)
+    config = manager.get_configuration(CONFIGURATION)
+    label_manager = manager.get_label_manager(dataset_json)
+    channels = determine_num_input_channels(manager, config, dataset_json)
+    net = nnUNetTrainer.build_network_architecture(
+        manager, config, channels, label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    if weights is not None:
+        net.load_state_dict(weights)
+    return net.to(device).eval()
+
+
+def set_dropout(net: torch.nn.Module, active: bool) -> None:
+    """Turn only the dropout modules to train mode (MC dropout); norms stay in eval mode."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.train(active)
+
+
+def total_stride(plans: dict) -> tuple[int, int]:
+    strides = np.prod(np.asarray(plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["strides"]),
+                      axis=0)
+    return int(strides[-2]), int(strides[-1])
+
+
+def load_volume(folder: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed ``(c, z, y, x)`` image and ``(z, y, x)`` segmentation (-1 outside the body reads as 0)."""
+    data = blosc2.open(urlpath=str(folder / f"{case}.b2nd"), mode="r")[:]
+    seg = blosc2.open(urlpath=str(folder / f"{case}_seg.b2nd"), mode="r")[:][0]
+    return np.asarray(data, dtype=np.float32), np.maximum(np.asarray(seg), 0).astype(np.int16)
+
+
+def padded_shape(shape: tuple[int, int], patch: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """At least the patch size and a multiple of the network's total stride."""
+    return tuple(int(math.ceil(max(s, p) / st) * st) for s, p, st in zip(shape, patch, stride, strict=True))
+
+
+def slice_batches(data: np.ndarray, slices: np.ndarray, batch_size: int, target: tuple[int, int]
+                  ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(slice indices, (B, c, H, W) tensor)`` with each slice zero-padded centred to ``target``."""
+    c, _, h, w = data.shape
+    top, left = (target[0] - h) // 2, (target[1] - w) // 2
+    for start in range(0, len(slices), batch_size):
+        idx = slices[start:start + batch_size]
+        batch = np.zeros((len(idx), c, *target), dtype=np.float32)
+        batch[:, :, top:top + h, left:left + w] = data[:, idx].transpose(1, 0, 2, 3)
+        yield idx, torch.from_numpy(batch)
+
+
+def crop_to(tensor: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Undo the centred padding of :func:`slice_batches`."""
+    h, w = shape
+    top, left = (tensor.shape[-2] - h) // 2, (tensor.shape[-1] - w) // 2
+    return tensor[..., top:top + h, left:left + w]
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> dict[int, float]:
+    """3D Dice per label; NaN when the label is absent from both prediction and truth."""
+    out = {}
+    for label in labels:
+        p, t = pred == label, truth == label
+        denom = int(p.sum()) + int(t.sum())
+        out[label] = float("nan") if denom == 0 else 2.0 * int((p & t).sum()) / denom
+    return out
+
+
+@torch.inference_mode()
+def predict_volume(net: torch.nn.Module, data: np.ndarray, plans: dict, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    """Argmax segmentation ``(z, y, x)`` of a preprocessed volume, slices stacked into batches."""
+    patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
+    target = padded_shape(data.shape[2:], patch, total_stride(plans))
+    pred = np.zeros(data.shape[1:], dtype=np.int16)
+    for idx, batch in slice_batches(data, np.arange(data.shape[1]), batch_size, target):
+        logits = crop_to(net(batch.to(device)), data.shape[2:])
+        pred[idx] = logits.argmax(1).cpu().numpy()
+    return pred
+
+
+def slice_class_counts(folder: Path, case: str, num_classes: int) -> np.ndarray:
+    """Voxels per class in each z-slice of a preprocessed case, ``(z, K)``."""
+    seg = np.maximum(np.asarray(blosc2.open(urlpath=str(folder / f"{case}_seg.b2nd"), mode="r")[:][0]), 0)
+    flat = seg.reshape(seg.shape[0], -1)
+    return np.stack([(flat == k).sum(1) for k in range(num_classes)], axis=1)

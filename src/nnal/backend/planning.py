@@ -1,0 +1,85 @@
+"""nnU-Net fingerprint, plans (with dropout for MC dropout) and 2d preprocessing, once per dataset, cached."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+from nnal.backend.runtime import configure_nnunet_env, set_threads
+
+DATASET_ID = 1
+PLANS = "nnUNetPlans"
+CONFIGURATION = "2d"
+
+
+def dataset_folder_name(name: str) -> str:
+    safe = "".join(ch if ch.isalnum() else "_" for ch in name) or "Data"
+    return f"Dataset{DATASET_ID:03d}_{safe}"
+
+
+def plan_and_preprocess(root: Path, folder_name: str, dropout_p: float, num_processes: int, verbose: bool = False
+                        ) -> dict:
+    """Run nnU-Net's fingerprint, planner and 2d preprocessor on ``root/raw/<folder_name>``; return the plans.
+
+    Done once: a marker file makes a second call return the cached plans. The 2d architecture gets a
+    ``Dropout2d`` after each convolution so the same network serves training and MC-dropout scoring.
+    """
+    configure_nnunet_env(root, num_processes)
+    pre_dir = root / "preprocessed" / folder_name
+    marker = pre_dir / ".nnal_done"
+    if marker.is_file():
+        return json.loads((pre_dir / f"{PLANS}.json").read_text())
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
+
+    workers = max(1, num_processes)
+    # the planner sets torch's thread count from nnUNet_n_proc_DA, which must then be >= 1
+    os.environ["nnUNet_n_proc_DA"] = str(workers)
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with sink:
+        extract_fingerprint_dataset(DATASET_ID, num_processes=workers, check_dataset_integrity=False,
+                                    clean=True, verbose=verbose, show_progress_bar=verbose)
+        plan_experiment_dataset(DATASET_ID)
+        plans_file = pre_dir / f"{PLANS}.json"
+        plans = json.loads(plans_file.read_text())
+        add_dropout(plans, dropout_p)
+        plans_file.write_text(json.dumps(plans, indent=1))
+        preprocess_dataset(DATASET_ID, PLANS, configurations=(CONFIGURATION,), num_processes=(workers,),
+                           verbose=verbose, show_progress_bar=verbose)
+    os.environ["nnUNet_n_proc_DA"] = str(num_processes)
+    set_threads()
+    marker.write_text("ok\n")
+    return plans
+
+
+def add_dropout(plans: dict, p: float) -> None:
+    """Put ``Dropout2d(p)`` into the 2d architecture (one architecture for all rounds: keys stay stable)."""
+    arch = plans["configurations"][CONFIGURATION]["architecture"]
+    arch["arch_kwargs"]["dropout_op"] = "torch.nn.Dropout2d"
+    arch["arch_kwargs"]["dropout_op_kwargs"] = {"p": float(p), "inplace": False}
+    required = arch.setdefault("_kw_requires_import", [])
+    if "dropout_op" not in required:
+        required.append("dropout_op")
+
+
+def load_splits(root: Path, folder_name: str, case_names: list[str]) -> list[dict[str, list[str]]]:
+    """nnU-Net's 5-fold split (seed 12345), written next to the preprocessed data as nnU-Net itself would."""
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    split_file = root / "preprocessed" / folder_name / "splits_final.json"
+    if split_file.is_file():
+        return json.loads(split_file.read_text())
+    splits = generate_crossval_split(sorted(case_names), seed=12345, n_splits=5)
+    split_file.write_text(json.dumps(splits, indent=1))
+    return splits
+
+
+def preprocessed_dir(root: Path, folder_name: str, plans: dict) -> Path:
+    return root / "preprocessed" / folder_name / plans["configurations"][CONFIGURATION]["data_identifier"]

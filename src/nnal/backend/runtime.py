@@ -1,0 +1,51 @@
+"""Process-wide settings for nnU-Net and torch: paths, threads, seeds, device."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def configure_nnunet_env(root: Path, num_processes: int) -> None:
+    """Point nnU-Net's lazily read path variables at ``root`` and set its worker counts."""
+    for name in ("raw", "preprocessed", "results"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        os.environ[f"nnUNet_{name}"] = str(root / name)
+    # 0 runs augmentation in-process, which is what makes CPU runs bit-reproducible
+    os.environ["nnUNet_n_proc_DA"] = str(num_processes)
+    os.environ["nnUNet_def_n_proc"] = str(max(1, num_processes))
+    os.environ.setdefault("nnUNet_compile", "f")
+
+
+def set_threads() -> None:
+    """One torch thread per core, and no nested pools: oversubscription costs 20-100x on small machines."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    if torch.get_num_interop_threads() != 1:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # can only be set before the first parallel op
+            pass
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator nnU-Net draws from (python, numpy's global state, torch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -1,0 +1,101 @@
+"""Training through nnU-Net's own trainer: a thin subclass that sees only the labeled slices."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnal.backend.partial_labels import PartialLabelDataset
+from nnal.backend.planning import CONFIGURATION
+from nnal.backend.runtime import seed_everything
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    iterations_per_epoch: int
+    batch_size: int | None  # None: nnU-Net's planned batch size
+    initial_lr: float
+    val_iterations: int = 1
+
+
+class NnalTrainer(nnUNetTrainer):
+    """nnU-Net's trainer (loss, augmentation, deep supervision, poly LR, SGD) on partially labeled cases.
+
+    Overridden: the datasets (labeled slices only, the rest the ignore label), where logs go, and a hook
+    for a progress callback. The constructor keeps nnU-Net's explicit signature: nnU-Net records its
+    arguments from ``locals()``.
+    """
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.nnal_labeled: Mapping[str, np.ndarray] = {}
+        self.nnal_seed = 0
+        self.nnal_on_step: Callable[[float], None] | None = None
+        self.disable_checkpointing = True  # nnal writes one checkpoint per round itself, atomically
+
+    def get_tr_and_val_datasets(self):
+        base = self.dataset_class(self.preprocessed_dataset_folder, sorted(self.nnal_labeled))
+        # the fold's validation cases are nnal's test set: nnU-Net's per-epoch pseudo Dice must not see them
+        dataset = PartialLabelDataset(
+            base, self.nnal_labeled, ignore_label=self.label_manager.ignore_label,
+            foreground=list(self.label_manager.foreground_labels),
+            annotated_key=tuple([-1] + self.label_manager.all_labels), seed=self.nnal_seed)
+        return dataset, dataset
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        if self.nnal_on_step is not None:
+            self.nnal_on_step(float(out["loss"]))
+        return out
+
+    def plot_network_architecture(self):  # needs hiddenlayer and graphviz; nothing nnal uses
+        return None
+
+
+def train(plans: dict, dataset_json: dict, fold: int, labeled: Mapping[str, np.ndarray], schedule: Schedule,
+          init_weights: Mapping[str, torch.Tensor] | None, log_dir: Path, device: torch.device, seed: int,
+          on_step: Callable[[float], None] | None = None) -> dict[str, torch.Tensor]:
+    """Train (or fine-tune from ``init_weights``) on the labeled slices; return the network's state dict."""
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = False
+    if schedule.batch_size is not None:
+        plans["configurations"][CONFIGURATION]["batch_size"] = int(schedule.batch_size)
+    dataset_json = partial_label_dataset_json(dataset_json)
+    seed_everything(seed)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        trainer = NnalTrainer(plans, CONFIGURATION, fold, dataset_json, device)
+        trainer.output_folder = trainer.output_folder_base = str(log_dir)
+        trainer.log_file = str(log_dir / "training_log.txt")
+        trainer.num_epochs = schedule.epochs
+        trainer.num_iterations_per_epoch = schedule.iterations_per_epoch
+        trainer.num_val_iterations_per_epoch = schedule.val_iterations
+        trainer.initial_lr = schedule.initial_lr
+        trainer.nnal_labeled = labeled
+        trainer.nnal_seed = seed
+        trainer.nnal_on_step = on_step
+        trainer.initialize()
+        if init_weights is not None:
+            trainer.network.load_state_dict(init_weights)
+        trainer.run_training()
+    (log_dir / "stdout.txt").write_text(captured.getvalue())
+    return {k: v.detach().cpu().clone() for k, v in trainer.network.state_dict().items()}
+
+
+def partial_label_dataset_json(dataset_json: dict) -> dict:
+    """dataset.json with nnU-Net's ignore label (max label + 1) declared."""
+    out = copy.deepcopy(dataset_json)
+    labels = {k: v for k, v in out["labels"].items() if k != "ignore"}
+    labels["ignore"] = max(int(v) for v in labels.values()) + 1
+    out["labels"] = labels
+    return out

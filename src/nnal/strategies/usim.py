@@ -1,0 +1,296 @@
+"""The pure pieces of USIM (paper section 3.3, Appendix A): query set, Fisher, similarities, FLQMI selection.
+
+Positions index the pool arrays (rows of the score arrays), not slice ids. The backend computes the gradient
+embeddings between these steps; the ``usimc``/``usimf`` strategies that chain them live in the round orchestration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+CHUNK_ELEMENTS = 1 << 22  # floats per temporary block
+QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
+OPTIMIZERS = ("stochastic", "exact")
+
+
+def _blocks(n: int, cols: int, chunk_elements: int) -> Iterator[slice]:
+    step = max(1, int(chunk_elements) // max(1, cols))
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def _finite(arr: object, name: str, ndim: int, nonnegative: bool = False) -> np.ndarray:
+    out = np.asarray(arr)
+    if out.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {out.shape}")
+    if not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer)):
+        raise ValueError(f"{name} must be real-valued, got dtype {out.dtype}")
+    flat = out.reshape(out.shape[0], int(np.prod(out.shape[1:])))
+    for rows in _blocks(len(flat), flat.shape[1], CHUNK_ELEMENTS):  # no full-size temporaries
+        if not np.isfinite(flat[rows]).all():
+            raise ValueError(f"{name} contains NaN or inf")
+        if nonnegative and (flat[rows] < 0).any():
+            raise ValueError(f"{name} must be non-negative")
+    return out
+
+
+def _count(value: int, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+# --- query set ------------------------------------------------------------------------------------------------
+
+
+def class_weights(labeled_class_voxels: np.ndarray) -> np.ndarray:
+    """w_c = 1 / (annotated voxels of foreground class c); float64, shape (C,).
+
+    A class with no annotated voxel gets the largest weight of the annotated classes (it is at least as rare as
+    the rarest one), never inf; if no class has a voxel yet, every weight is 1.
+    """
+    counts = _finite(labeled_class_voxels, "labeled_class_voxels", 1, nonnegative=True).astype(np.float64)
+    present = counts > 0
+    if not present.any():
+        return np.ones_like(counts)
+    weights = np.empty_like(counts)
+    weights[present] = 1.0 / counts[present]
+    weights[~present] = weights[present].max()
+    return weights
+
+
+def weighted_uncertainty(class_uncertainty: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_c w_c * U[:, c] per pool slice, float64, shape (N,)."""
+    u = _finite(class_uncertainty, "class_uncertainty", 2, nonnegative=True)
+    w = _finite(weights, "weights", 1, nonnegative=True)
+    if u.shape[1] != len(w):
+        raise ValueError(f"class_uncertainty has {u.shape[1]} classes, weights {len(w)}")
+    return u.astype(np.float64) @ w.astype(np.float64)
+
+
+def query_probabilities(class_uncertainty: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Sampling probabilities proportional to ``weighted_uncertainty``; uniform when it is zero everywhere."""
+    return _normalise(weighted_uncertainty(class_uncertainty, weights))
+
+
+def _normalise(score: np.ndarray) -> np.ndarray:
+    total = score.sum()
+    if len(score) and total <= 0:
+        return np.full(len(score), 1.0 / len(score))
+    return score / total if len(score) else score
+
+
+def query_set(
+    class_uncertainty: np.ndarray,
+    labeled_class_voxels: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    mode: str = "weighted",
+) -> np.ndarray:
+    """Pool positions (int64) of the query set X_Q.
+
+    ``weighted`` (the paper): ``size`` draws with replacement, p proportional to the class-weighted uncertainty;
+    ``uniform``: ``size`` uniform draws with replacement; ``max-uncertainty``: the min(size, N) positions of
+    highest weighted uncertainty (ties: lowest position), no repeats. Repeats are kept, in draw order.
+    """
+    if mode not in QUERY_MODES:
+        raise ValueError(f"mode must be one of {QUERY_MODES}, got {mode!r}")
+    size = _count(size, "size")
+    score = weighted_uncertainty(class_uncertainty, class_weights(labeled_class_voxels))
+    n = len(score)
+    if size and not n:
+        raise ValueError("cannot draw a query set from an empty pool")
+    if size == 0:
+        return np.empty(0, dtype=np.int64)
+    if mode == "uniform":
+        return rng.integers(0, n, size=size).astype(np.int64)
+    if mode == "weighted":
+        return rng.choice(n, size=size, replace=True, p=_normalise(score)).astype(np.int64)
+    return np.argsort(-score, kind="stable")[:size].astype(np.int64)
+
+
+def _kneedle_convex_decreasing(y: np.ndarray, sensitivity: float = 1.0) -> int | None:
+    """Offline Kneedle exactly as kneed's ``KneeLocator(x=1..N, y, curve="convex", direction="decreasing")``.
+
+    Returns the 1-based x of the first knee, or None. Vectorised: kneed's loop is O(N * maxima).
+    """
+    n = len(y)
+    x = np.arange(1, n + 1, dtype=float)
+    x_norm = (x - x.min()) / (x.max() - x.min())
+    y_norm = (y - y.min()) / (y.max() - y.min())
+    y_norm = y_norm.max() - y_norm
+    diff = y_norm - x_norm
+    prev = np.concatenate(([diff[0]], diff[:-1]))
+    nxt = np.concatenate((diff[1:], [diff[-1]]))
+    is_max = (diff >= prev) & (diff >= nxt)
+    is_min = (diff <= prev) & (diff <= nxt)
+    if not is_max.any():
+        return None
+    step = sensitivity * np.abs(np.diff(x_norm)).mean()
+    positions = np.arange(n)
+    last_max = np.maximum.accumulate(np.where(is_max, positions, -1))
+    last_min = np.maximum.accumulate(np.where(is_min, positions, -1))
+    i = positions[:-1]  # kneed stops before the last point
+    active = (i >= np.flatnonzero(is_max)[0]) & (last_max[:-1] > last_min[:-1])
+    hit = active & (diff[1:] < diff[np.maximum(last_max[:-1], 0)] - step)
+    if not hit.any():
+        return None
+    return int(x[last_max[int(np.argmax(hit))]])
+
+
+def elbow_size(uncertainty: np.ndarray, floor: int | None = None) -> int:
+    """Query set size Q: the elbow of the descending-sorted uncertainty curve (1-based, knee included).
+
+    The elbow is kneed's offline Kneedle (convex, decreasing, S = 1). No elbow (fewer than 3 slices, a flat
+    curve, or Kneedle finds none) gives Q = N, the whole pool. ``floor`` (the paper's code: 5 * budget) raises Q
+    to at least ``floor``; Q never exceeds N.
+    """
+    u = _finite(uncertainty, "uncertainty", 1).astype(np.float64)
+    n = len(u)
+    q = None
+    if n >= 3 and u.max() > u.min():
+        q = _kneedle_convex_decreasing(np.sort(u)[::-1])
+    q = n if q is None else q
+    if floor is not None:
+        q = max(q, _count(floor, "floor"))
+    return min(q, n)
+
+
+# --- Fisher and parameter subsets -----------------------------------------------------------------------------
+
+
+def accumulate_fisher(chunks: Iterable[np.ndarray]) -> np.ndarray:
+    """Diagonal empirical Fisher, float64 (P,): mean over all samples of squared per-sample gradients.
+
+    ``chunks`` yields (n_i, P) blocks of per-sample gradients (a generator is fine); all samples count.
+    """
+    total: np.ndarray | None = None
+    count = 0
+    for chunk in chunks:
+        g = _finite(chunk, "gradient chunk", 2)
+        if total is None:
+            total = np.zeros(g.shape[1], dtype=np.float64)
+        elif g.shape[1] != len(total):
+            raise ValueError(f"gradient chunk has {g.shape[1]} parameters, expected {len(total)}")
+        g64 = g.astype(np.float64)
+        total += np.einsum("ij,ij->j", g64, g64)
+        count += g.shape[0]
+    if total is None or count == 0:
+        raise ValueError("no gradients to build the Fisher information from")
+    return total / count
+
+
+def diagonal_fisher(per_sample_grads: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
+    """Paper Eq. 3: diag((1/|Q|) sum_x g(x) g(x)^T) = mean of squared per-sample gradients over ALL samples.
+
+    (The paper's code summed the gradient of sample 0 only.)
+    """
+    g = _finite(per_sample_grads, "per_sample_grads", 2)
+    return accumulate_fisher(g[rows] for rows in _blocks(len(g), g.shape[1], chunk_elements))
+
+
+def sample_parameters(fisher: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices (int64) of min(k, P) parameters sampled without replacement, proportional to ``fisher``.
+
+    Successive sampling (Efraimidis-Spirakis: the k smallest Exp(1) / F_i). If fewer than k parameters have
+    non-zero Fisher, all of them are taken and the rest is uniform without replacement over the zero ones.
+    """
+    f = _finite(fisher, "fisher", 1, nonnegative=True).astype(np.float64)
+    k = min(_count(k, "k"), len(f))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    nonzero = np.flatnonzero(f > 0)
+    if len(nonzero) <= k:
+        rest = rng.choice(np.flatnonzero(f == 0), size=k - len(nonzero), replace=False)
+        return np.sort(np.concatenate((nonzero, rest))).astype(np.int64)
+    keys = rng.standard_exponential(len(nonzero)) / f[nonzero]
+    return np.sort(nonzero[np.argpartition(keys, k - 1)[:k]]).astype(np.int64)
+
+
+def truncate_indices(n_params: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded uniform random subset of min(P, k) parameter indices, sorted, int64."""
+    n_params = _count(n_params, "n_params")
+    k = min(_count(k, "k"), n_params)
+    return np.sort(rng.choice(n_params, size=k, replace=False)).astype(np.int64)
+
+
+# --- similarity matrices --------------------------------------------------------------------------------------
+
+
+def _pair(g_u: np.ndarray, g_q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    u = _finite(g_u, "g_u", 2)
+    q = _finite(g_q, "g_q", 2)
+    if u.shape[1] != q.shape[1]:
+        raise ValueError(f"g_u has {u.shape[1]} columns, g_q {q.shape[1]}")
+    dtype = np.result_type(u.dtype, q.dtype, np.float32)
+    return u, q, dtype
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return np.divide(x, norms[:, None], out=np.zeros_like(x), where=norms[:, None] > 0)
+
+
+def _product(u: np.ndarray, right: np.ndarray, dtype: np.dtype, chunk_elements: int, normalize: bool) -> np.ndarray:
+    out = np.empty((len(u), right.shape[1]), dtype=np.float32)
+    for rows in _blocks(len(u), max(u.shape[1], right.shape[1]), chunk_elements):
+        block = u[rows].astype(dtype)
+        out[rows] = (_unit_rows(block) if normalize else block) @ right
+    return out
+
+
+def cosine_similarity(g_u: np.ndarray, g_q: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
+    """Paper Eq. 2: (N, Q) float32 cosine similarity; a zero row has similarity 0 to everything (no NaN)."""
+    u, q, dtype = _pair(g_u, g_q)
+    return _product(u, _unit_rows(q.astype(dtype)).T, dtype, chunk_elements, normalize=True)
+
+
+def fisher_similarity(
+    g_u: np.ndarray,
+    g_q: np.ndarray,
+    fisher_subset: np.ndarray,
+    damping: float = 1e-8,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> np.ndarray:
+    """Paper Eq. 4: (N, Q) float32 g_u diag(1 / (F + damping)) g_q^T, F the diagonal Fisher of the chosen params."""
+    u, q, dtype = _pair(g_u, g_q)
+    f = _finite(fisher_subset, "fisher_subset", 1, nonnegative=True).astype(np.float64)
+    if len(f) != u.shape[1]:
+        raise ValueError(f"fisher_subset has {len(f)} entries, gradients {u.shape[1]}")
+    if not np.isfinite(damping) or damping < 0 or ((f + damping) <= 0).any():
+        raise ValueError("F + damping must be positive everywhere")
+    scaled = q.astype(dtype) * (1.0 / (f + damping)).astype(dtype)  # (Q, d), no float64 copy
+    return _product(u, scaled.T, dtype, chunk_elements, normalize=False)
+
+
+# --- selection ------------------------------------------------------------------------------------------------
+
+
+def usim_select(
+    similarity: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    eta: float = 1.0,
+    optimizer: str = "stochastic",
+    epsilon: float = 0.01,
+) -> np.ndarray:
+    """Pool positions (int64) of the batch maximising FLQMI (paper Eq. 1) on the similarity shifted to >= 0.
+
+    ``optimizer``: "stochastic" (the paper: stochastic greedy, seeded by ``rng``) or "exact" (lazy greedy).
+    """
+    from nnal.submodular import flqmi_greedy, flqmi_stochastic_greedy, shift_nonnegative
+
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    s = _finite(similarity, "similarity", 2)
+    budget = min(_count(budget, "budget"), s.shape[0])
+    if budget == 0:
+        return np.empty(0, dtype=np.int64)
+    s = shift_nonnegative(s)
+    if optimizer == "exact":
+        chosen = flqmi_greedy(s, budget, eta=eta)
+    else:
+        chosen = flqmi_stochastic_greedy(s, budget, rng, eta=eta, epsilon=epsilon)
+    return np.asarray(chosen, dtype=np.int64)

@@ -1,0 +1,196 @@
+"""USIM building blocks: weights, query set, elbow, Fisher, parameter sampling, similarities, selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnal.strategies.usim import (
+    accumulate_fisher,
+    class_weights,
+    cosine_similarity,
+    diagonal_fisher,
+    elbow_size,
+    fisher_similarity,
+    query_probabilities,
+    query_set,
+    sample_parameters,
+    truncate_indices,
+    usim_select,
+)
+
+# --- weights and query set ------------------------------------------------------------------------------------
+
+
+def test_class_weights_inverse_counts_and_zero_class() -> None:
+    w = class_weights(np.array([100, 0, 50]))
+    assert np.isfinite(w).all()
+    np.testing.assert_allclose(w, [0.01, 0.02, 0.02])  # the empty class gets the largest finite weight
+    np.testing.assert_array_equal(class_weights(np.zeros(3)), np.ones(3))
+    with pytest.raises(ValueError):
+        class_weights(np.array([1.0, -2.0]))
+
+
+def test_query_probabilities_by_hand() -> None:
+    u = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_allclose(query_probabilities(u, np.array([1.0, 2.0])), [1 / 6, 2 / 6, 3 / 6])
+    np.testing.assert_allclose(query_probabilities(np.zeros((4, 2)), np.array([1.0, 2.0])), np.full(4, 0.25))
+    with pytest.raises(ValueError, match="classes"):
+        query_probabilities(u, np.ones(3))
+
+
+def test_query_set_weighted_is_seeded_and_proportional() -> None:
+    u = np.array([[0.1, 0.0], [0.0, 0.1], [0.2, 0.1], [0.0, 0.0]])
+    voxels = np.array([1000, 250])  # w = (0.001, 0.004): weighted scores 1e-4, 4e-4, 6e-4, 0
+    a = query_set(u, voxels, 50, np.random.default_rng(5))
+    assert a.dtype == np.int64 and len(a) == 50
+    assert a.tolist() == query_set(u, voxels, 50, np.random.default_rng(5)).tolist()
+    draws = query_set(u, voxels, 200_000, np.random.default_rng(6))
+    freq = np.bincount(draws, minlength=4) / len(draws)
+    np.testing.assert_allclose(freq, [1 / 11, 4 / 11, 6 / 11, 0.0], atol=0.005)
+    assert freq[3] == 0.0  # zero weighted uncertainty: never drawn
+
+
+def test_query_set_uniform_and_max_uncertainty() -> None:
+    u = np.array([[0.1, 0.0], [0.0, 0.1], [0.2, 0.1], [0.0, 0.0]])
+    voxels = np.array([1000, 250])
+    uniform = query_set(u, voxels, 40_000, np.random.default_rng(1), mode="uniform")
+    np.testing.assert_allclose(np.bincount(uniform, minlength=4) / 40_000, np.full(4, 0.25), atol=0.01)
+    assert query_set(u, voxels, 2, np.random.default_rng(1), mode="max-uncertainty").tolist() == [2, 1]
+    assert query_set(u, voxels, 10, np.random.default_rng(1), mode="max-uncertainty").tolist() == [2, 1, 0, 3]
+    assert len(query_set(u, voxels, 0, np.random.default_rng(1))) == 0
+    with pytest.raises(ValueError, match="mode"):
+        query_set(u, voxels, 2, np.random.default_rng(1), mode="greedy")
+
+
+# --- elbow ----------------------------------------------------------------------------------------------------
+
+
+def curves() -> dict[str, np.ndarray]:
+    data = np.random.default_rng(0)
+    x = np.arange(1, 501, dtype=float)
+    return {
+        "exp": np.exp(-x / 40),
+        "inverse": 1 / x,
+        "piecewise": np.concatenate([np.linspace(100, 10, 50), np.linspace(9.9, 0, 450)]),
+        "sorted_exponential": np.sort(data.exponential(size=2000))[::-1],
+        "sorted_beta": np.sort(data.beta(0.5, 5, size=3000))[::-1],
+        "ties": np.sort(np.round(data.exponential(size=1000), 1))[::-1],
+        "line": np.linspace(1, 0, 300),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(curves()))
+def test_elbow_matches_kneed(name: str) -> None:
+    kneed = pytest.importorskip("kneed")
+    y = curves()[name]
+    knee = kneed.KneeLocator(np.arange(1, len(y) + 1), y, curve="convex", direction="decreasing").knee
+    assert elbow_size(y) == (len(y) if knee is None else int(knee))
+
+
+def test_elbow_known_knee_and_fallbacks() -> None:
+    assert elbow_size(curves()["piecewise"]) == 50  # the last point of the steep part
+    assert elbow_size(np.random.default_rng(0).permutation(curves()["piecewise"])) == 50  # order does not matter
+    assert elbow_size(curves()["line"]) == 300  # no knee: the whole pool
+    assert elbow_size(np.full(10, 0.3)) == 10  # flat
+    assert elbow_size(np.array([2.0, 1.0])) == 2  # too few points
+    assert elbow_size(np.array([])) == 0
+    assert elbow_size(curves()["piecewise"], floor=120) == 120
+    assert elbow_size(curves()["piecewise"], floor=10) == 50
+    assert elbow_size(curves()["piecewise"], floor=10_000) == 500
+
+
+# --- Fisher and parameters ------------------------------------------------------------------------------------
+
+
+def test_fisher_by_hand_over_all_samples() -> None:
+    g = np.array([[1.0, 2.0], [3.0, 0.0]])
+    np.testing.assert_allclose(diagonal_fisher(g), [5.0, 2.0])  # not g[0] ** 2 (the paper code's bug)
+
+
+def test_fisher_chunked_equals_full() -> None:
+    g = np.random.default_rng(2).normal(size=(37, 11)).astype(np.float32)
+    expected = (g.astype(np.float64) ** 2).mean(axis=0)
+    np.testing.assert_allclose(diagonal_fisher(g), expected, rtol=1e-12)
+    np.testing.assert_allclose(diagonal_fisher(g, chunk_elements=20), expected, rtol=1e-12)
+    np.testing.assert_allclose(accumulate_fisher(g[i : i + 5] for i in range(0, 37, 5)), expected, rtol=1e-12)
+    with pytest.raises(ValueError):
+        accumulate_fisher(iter([]))
+    with pytest.raises(ValueError, match="parameters"):
+        accumulate_fisher([g[:2], g[2:4, :5]])
+
+
+def test_sample_parameters_prefers_nonzero_fisher() -> None:
+    fisher = np.zeros(20)
+    fisher[[2, 5, 9, 13, 17]] = [1.0, 2.0, 3.0, 4.0, 5.0]
+    a = sample_parameters(fisher, 3, np.random.default_rng(4))
+    assert a.dtype == np.int64 and len(a) == 3 and a.tolist() == sorted(set(a.tolist()))
+    assert set(a.tolist()) <= {2, 5, 9, 13, 17}
+    assert a.tolist() == sample_parameters(fisher, 3, np.random.default_rng(4)).tolist()
+    few = sample_parameters(fisher, 8, np.random.default_rng(4))
+    assert {2, 5, 9, 13, 17} <= set(few.tolist()) and len(set(few.tolist())) == 8
+    assert sample_parameters(fisher, 50, np.random.default_rng(4)).tolist() == list(range(20))
+
+
+def test_sample_parameters_single_draw_is_proportional() -> None:
+    fisher = np.array([1.0, 3.0, 0.0, 6.0])
+    rng = np.random.default_rng(9)
+    picks = np.array([sample_parameters(fisher, 1, rng)[0] for _ in range(8000)])
+    np.testing.assert_allclose(np.bincount(picks, minlength=4) / 8000, [0.1, 0.3, 0.0, 0.6], atol=0.02)
+
+
+def test_truncate_indices() -> None:
+    a = truncate_indices(1000, 10, np.random.default_rng(3))
+    assert a.dtype == np.int64 and len(np.unique(a)) == 10 and (np.diff(a) > 0).all() and a.max() < 1000
+    assert a.tolist() == truncate_indices(1000, 10, np.random.default_rng(3)).tolist()
+    assert truncate_indices(4, 10, np.random.default_rng(3)).tolist() == [0, 1, 2, 3]
+
+
+# --- similarities ---------------------------------------------------------------------------------------------
+
+
+def test_cosine_similarity_by_hand_and_zero_rows() -> None:
+    s = cosine_similarity(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[1.0, 1.0], [0.0, 2.0]]))
+    assert s.dtype == np.float32
+    np.testing.assert_allclose(s, [[2**-0.5, 0.0], [0.0, 0.0]], rtol=1e-6)
+    s = cosine_similarity(np.array([[3.0, 4.0]]), np.array([[0.0, 0.0], [-3.0, -4.0]]))
+    np.testing.assert_allclose(s, [[0.0, -1.0]], rtol=1e-6)
+
+
+def test_similarities_chunked_equal_unchunked() -> None:
+    data = np.random.default_rng(8)
+    g_u, g_q, f = data.normal(size=(23, 6)), data.normal(size=(9, 6)), data.random(6) + 0.1
+    np.testing.assert_allclose(cosine_similarity(g_u, g_q, chunk_elements=7), cosine_similarity(g_u, g_q), rtol=1e-6)
+    np.testing.assert_allclose(
+        fisher_similarity(g_u, g_q, f, chunk_elements=7), fisher_similarity(g_u, g_q, f), rtol=1e-6
+    )
+    np.testing.assert_allclose(fisher_similarity(g_u, g_q, f, damping=0.0), (g_u / f) @ g_q.T, rtol=1e-5)
+
+
+def test_fisher_similarity_by_hand() -> None:
+    g_u, g_q, f = np.array([[1.0, 2.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([1.0, 4.0])
+    s = fisher_similarity(g_u, g_q, f, damping=0.0)
+    assert s.dtype == np.float32
+    np.testing.assert_allclose(s, [[1.0, 1.5], [0.0, 0.25]])
+    np.testing.assert_allclose(fisher_similarity(g_u, g_q, f), [[1.0, 1.5], [0.0, 0.25]], rtol=1e-6)
+    with pytest.raises(ValueError):
+        fisher_similarity(g_u, g_q, np.array([0.0, 1.0]), damping=0.0)
+
+
+# --- selection ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["stochastic", "exact"])
+def test_usim_select_valid_and_seeded(optimizer: str) -> None:
+    pytest.importorskip("nnal.submodular")
+    s = np.random.default_rng(0).normal(size=(30, 8))
+    a = usim_select(s, 5, np.random.default_rng(1), optimizer=optimizer)
+    assert a.dtype == np.int64 and len(a) == 5 == len(np.unique(a)) and a.min() >= 0 and a.max() < 30
+    assert a.tolist() == usim_select(s, 5, np.random.default_rng(1), optimizer=optimizer).tolist()
+    assert len(usim_select(s, 0, np.random.default_rng(1), optimizer=optimizer)) == 0
+
+
+def test_usim_select_rejects_unknown_optimizer() -> None:
+    pytest.importorskip("nnal.submodular")
+    with pytest.raises(ValueError, match="optimizer"):
+        usim_select(np.ones((3, 2)), 1, np.random.default_rng(0), optimizer="naive")
