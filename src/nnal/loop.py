@@ -36,7 +36,7 @@ RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled"
 RESUMABLE_CHANGES = {"rounds", "device", "num_processes"}
 # fields that decide round 0 (the initial random set and the first model): equal ones may share it
 ROUND0_FIELDS = ("dataset", "fold", "seed", "initial", "preset", "batch_size", "iterations_per_epoch",
-                 "epochs_initial", "initial_lr", "dropout_p", "pool_cases", "test_cases")
+                 "epochs_initial", "initial_lr", "augmentation", "dropout_p", "pool_cases", "test_cases")
 
 
 def phase_seed(seed: int, round_: int, phase: str) -> int:
@@ -180,7 +180,7 @@ def _pool_and_test(backend: Backend, config: Config, output: Path) -> tuple[Slic
 
 def _schedules(config: Config, backend: Backend) -> tuple[Schedule, Schedule]:
     batch = config.batch_size or backend.planned_batch_size
-    first = Schedule(config.epochs_initial, config.iterations_per_epoch, batch, config.initial_lr)
+    first = Schedule(config.epochs_initial, config.iterations_per_epoch, batch, config.initial_lr, config.augmentation)
     return first, dataclasses.replace(first, epochs=config.epochs_per_round)
 
 
@@ -214,7 +214,8 @@ def _load_weights(rdir: Path) -> dict[str, torch.Tensor]:
 
 def _score(backend: Backend, config: Config, strategy, pool: SlicePool, unlabeled: np.ndarray,
            labeled: np.ndarray, weights, r: int, progress: bool) -> dict[str, np.ndarray]:
-    keys = {k for k in strategy.needs if not k.startswith("labeled_")}
+    needs = strategy.needs_for(**config.strategy_options)
+    keys = {k for k in needs if k != "ids" and not k.startswith("labeled_")}
     ids, cases = pool.ordered_by_case(unlabeled)
     scores: dict[str, np.ndarray] = {"ids": ids}
     if keys:
@@ -222,11 +223,11 @@ def _score(backend: Backend, config: Config, strategy, pool: SlicePool, unlabele
         scores.update(backend.score(weights, cases, keys, config.mc_passes, config.score_batch_size,
                                     phase_seed(config.seed, r, "score"), on_batch=bar.update))
         bar.close()
-    if "labeled_features" in strategy.needs:
+    if "labeled_features" in needs:
         _, lcases = pool.ordered_by_case(labeled)
         scores["labeled_features"] = backend.score(weights, lcases, {"features"}, config.mc_passes,
                                                    config.score_batch_size, 0)["features"]
-    if "labeled_class_voxels" in strategy.needs:
+    if "labeled_class_voxels" in needs:
         scores["labeled_class_voxels"] = pool.class_voxels(labeled)[1:]
     return scores
 

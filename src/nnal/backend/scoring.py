@@ -5,13 +5,13 @@ The pool's probability maps are never held: each batch is reduced to scalars (or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nnal.backend.inference import crop_to, load_volume, padded_shape, set_dropout, slice_batches, total_stride
+from nnal.backend.inference import load_volume, padded_shape, set_dropout, total_stride
 from nnal.backend.planning import CONFIGURATION
 
 MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty"})
@@ -24,27 +24,74 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(-3)
 
 
-def reduce_deterministic(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+def _pixel_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the last two (pixel) axes, over ``mask`` pixels only when given (``(B, H, W)`` bool)."""
+    if mask is None:
+        return x.mean((-2, -1))
+    m = mask.to(x.dtype)
+    while m.dim() < x.dim():
+        m = m.unsqueeze(-3)
+    return (x * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)
+
+
+def reduce_deterministic(probs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-slice scores from one dropout-free pass, ``probs`` of shape ``(B, C, H, W)``."""
-    return {"entropy": entropy(probs).mean((-2, -1))}
+    return {"entropy": _pixel_mean(entropy(probs), mask)}
 
 
-def reduce_mc(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+def reduce_mc(probs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-slice scores from T MC-dropout passes, ``probs`` of shape ``(T, B, C, H, W)``.
 
     bald = H(mean_t p_t) - mean_t H(p_t); std/variance across passes (population, ddof 0), averaged
     over classes and pixels; class_uncertainty: the std per foreground class averaged over pixels.
     """
     mean = probs.mean(0)
-    bald = (entropy(mean) - entropy(probs).mean(0)).mean((-2, -1))
+    bald = _pixel_mean(entropy(mean) - entropy(probs).mean(0), mask)
     var = probs.var(0, unbiased=False)
     std = var.sqrt()
     return {
         "bald": bald,
-        "std": std.mean((-3, -2, -1)),
-        "variance": var.mean((-3, -2, -1)),
-        "class_uncertainty": std[:, 1:].mean((-2, -1)),
+        "std": _pixel_mean(std, mask).mean(-1),
+        "variance": _pixel_mean(var, mask).mean(-1),
+        "class_uncertainty": _pixel_mean(std[:, 1:], mask),
     }
+
+
+def pooled_batches(folder: Path, cases: Iterable[tuple[str, np.ndarray]], batch_size: int,
+                   patch: tuple[int, int], stride: tuple[int, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of slices across cases, ``(B, c, H, W)`` images zero-padded centred and ``(B, H, W)`` valid masks.
+
+    Slices of consecutive cases share a batch while their padded size agrees; the order of ``cases`` then
+    slices is kept.
+    """
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    current = None
+    for case, slices in cases:
+        data, _ = load_volume(folder, case)
+        c, _, h, w = data.shape
+        target = padded_shape((h, w), patch, stride)
+        if current is not None and target != current and images:
+            yield _stack(images, masks)
+            images, masks = [], []
+        current = target
+        top, left = (target[0] - h) // 2, (target[1] - w) // 2
+        for z in np.asarray(slices):
+            img = np.zeros((c, *target), dtype=np.float32)
+            img[:, top:top + h, left:left + w] = data[:, z]
+            valid = np.zeros(target, dtype=bool)
+            valid[top:top + h, left:left + w] = True
+            images.append(img)
+            masks.append(valid)
+            if len(images) == batch_size:
+                yield _stack(images, masks)
+                images, masks = [], []
+    if images:
+        yield _stack(images, masks)
+
+
+def _stack(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
 
 
 @torch.inference_mode()
@@ -56,36 +103,34 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
     if unknown:
         raise ValueError(f"unknown score keys: {sorted(unknown)}")
     patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
-    stride = total_stride(plans)
     torch.manual_seed(seed)
     features: list[torch.Tensor] = []
+    capture = {"on": False}
     hook = None
-    if "features" in keys:  # bottleneck = last encoder stage, global-average pooled
+    if "features" in keys:  # bottleneck = last encoder stage, global-average pooled, dropout-free pass only
         hook = net.encoder.stages[-1].register_forward_hook(
-            lambda _m, _i, out: features.append(out.float().mean((-2, -1)).cpu()))
+            lambda _m, _i, out: features.append(out.float().mean((-2, -1)).cpu()) if capture["on"] else None)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     try:
-        for case, slices in cases:
-            data, _ = load_volume(folder, case)
-            target = padded_shape(data.shape[2:], patch, stride)
-            for _, batch in slice_batches(data, np.asarray(slices), batch_size, target):
-                batch = batch.to(device)
-                if keys & DETERMINISTIC_KEYS:
-                    set_dropout(net, False)
-                    probs = crop_to(net(batch).float().softmax(1), data.shape[2:])
-                    for k, v in reduce_deterministic(probs).items():
-                        if k in keys:
-                            parts[k].append(v.cpu())
-                if keys & MC_KEYS:
-                    set_dropout(net, True)
-                    probs = torch.stack([crop_to(net(batch).float().softmax(1), data.shape[2:])
-                                         for _ in range(mc_passes)])
-                    for k, v in reduce_mc(probs).items():
-                        if k in keys:
-                            parts[k].append(v.cpu())
-                    set_dropout(net, False)
-                if on_batch is not None:
-                    on_batch(len(batch))
+        for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
+            batch, mask = batch.to(device), mask.to(device)
+            if keys & DETERMINISTIC_KEYS:
+                set_dropout(net, False)
+                capture["on"] = True
+                logits = net(batch)
+                capture["on"] = False
+                for k, v in reduce_deterministic(logits.float().softmax(1), mask).items():
+                    if k in keys:
+                        parts[k].append(v.cpu())
+            if keys & MC_KEYS:
+                set_dropout(net, True)
+                probs = torch.stack([net(batch).float().softmax(1) for _ in range(mc_passes)])
+                for k, v in reduce_mc(probs, mask).items():
+                    if k in keys:
+                        parts[k].append(v.cpu())
+                set_dropout(net, False)
+            if on_batch is not None:
+                on_batch(len(batch))
     finally:
         if hook is not None:
             hook.remove()

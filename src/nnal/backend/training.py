@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from nnal.backend.partial_labels import PartialLabelDataset
 from nnal.backend.planning import CONFIGURATION
@@ -24,6 +25,7 @@ class Schedule:
     iterations_per_epoch: int
     batch_size: int | None  # None: nnU-Net's planned batch size
     initial_lr: float
+    augmentation: bool = True  # False: nnU-Net's own nnUNetTrainerNoDA pipeline (no spatial/intensity DA)
     val_iterations: int = 1
 
 
@@ -61,6 +63,20 @@ class NnalTrainer(nnUNetTrainer):
     def plot_network_architecture(self):  # needs hiddenlayer and graphviz; nothing nnal uses
         return None
 
+    def on_train_start(self):
+        super().on_train_start()
+        # nnU-Net redraws its progress PNG after every epoch (about a second on a small CPU); draw it once, at the end
+        self._nnal_plot = self.logger.plot_progress_png
+        self.logger.plot_progress_png = lambda *_args, **_kwargs: None
+
+    def on_train_end(self):
+        super().on_train_end()
+        self._nnal_plot(self.output_folder)
+
+
+class NnalTrainerNoDA(NnalTrainer, nnUNetTrainerNoDA):
+    """The same, on nnU-Net's no-augmentation variant: learns in far fewer iterations on a small CPU."""
+
 
 def train(plans: dict, dataset_json: dict, fold: int, labeled: Mapping[str, np.ndarray], schedule: Schedule,
           init_weights: Mapping[str, torch.Tensor] | None, log_dir: Path, device: torch.device, seed: int,
@@ -74,7 +90,8 @@ def train(plans: dict, dataset_json: dict, fold: int, labeled: Mapping[str, np.n
     seed_everything(seed)
     log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()) as captured:
-        trainer = NnalTrainer(plans, CONFIGURATION, fold, dataset_json, device)
+        trainer_class = NnalTrainer if schedule.augmentation else NnalTrainerNoDA
+        trainer = trainer_class(plans, CONFIGURATION, fold, dataset_json, device)
         trainer.output_folder = trainer.output_folder_base = str(log_dir)
         trainer.log_file = str(log_dir / "training_log.txt")
         trainer.num_epochs = schedule.epochs

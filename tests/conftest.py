@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny synthetic datasets, and a mini copy of the bundled Hippocampus data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HIPPOCAMPUS = REPO / "data" / "Task04_Hippocampus"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(array, np.diag([*spacing, 1.0]))
+    nib.save(img, str(path))
+    return path
+
+
+def make_nnunet_dataset(root: Path, n_cases: int = 3, shape=(8, 10, 12), seed: int = 0) -> Path:
+    """A valid nnU-Net v2 raw dataset with labels 0, 1, 2."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_cases):
+        img = rng.normal(size=shape).astype(np.float32)
+        seg = rng.integers(0, 3, size=shape).astype(np.uint8)
+        write_nifti(root / "imagesTr" / f"case_{i:03d}_0000.nii.gz", img)
+        write_nifti(root / "labelsTr" / f"case_{i:03d}.nii.gz", seg)
+    meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
+            "numTraining": n_cases, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def make_mini_hippocampus(root: Path, n_cases: int) -> Path:
+    """The first ``n_cases`` cases of the bundled MSD Hippocampus copy, as an MSD task folder."""
+    meta = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
+    meta["training"] = meta["training"][:n_cases]
+    meta["numTraining"] = n_cases
+    for entry in meta["training"]:
+        for key in ("image", "label"):
+            dest = root / entry[key]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(HIPPOCAMPUS / entry[key], dest)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture
+def nnunet_dataset(tmp_path: Path) -> Path:
+    return make_nnunet_dataset(tmp_path / "Dataset001_Toy")
+
+
+@pytest.fixture(scope="session")
+def mini_hippocampus(tmp_path_factory) -> Path:
+    return make_mini_hippocampus(tmp_path_factory.mktemp("data") / "Task04_Hippocampus", 20)
+
+
+@pytest.fixture(scope="session")
+def nnunet_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nnunet-cache")

@@ -1,0 +1,74 @@
+"""Per-slice uncertainty reductions against hand computations in numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nnal.backend.scoring import entropy, reduce_deterministic, reduce_mc
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@pytest.fixture
+def mc_probs() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return _softmax(rng.normal(size=(5, 4, 3, 6, 7)), axis=2)  # (T, B, C, H, W)
+
+
+def test_entropy_matches_hand_computation():
+    p = np.array([0.5, 0.25, 0.25])
+    expected = -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))
+    got = entropy(torch.tensor(p).reshape(1, 3, 1, 1)).item()
+    assert got == pytest.approx(expected)
+
+
+def test_entropy_of_one_hot_is_zero():
+    p = torch.zeros(1, 3, 2, 2)
+    p[:, 1] = 1
+    assert entropy(p).abs().max().item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_deterministic_entropy_is_pixel_mean(mc_probs):
+    p = mc_probs[0]
+    expected = (-(p * np.log(p)).sum(1)).mean((1, 2))
+    got = reduce_deterministic(torch.from_numpy(p))["entropy"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_bald_std_variance_match_numpy(mc_probs):
+    p = mc_probs
+    mean = p.mean(0)
+    h_mean = -(mean * np.log(mean)).sum(1)
+    mean_h = (-(p * np.log(p)).sum(2)).mean(0)
+    bald = (h_mean - mean_h).mean((1, 2))
+    std = p.std(0, ddof=0)
+    out = {k: v.numpy() for k, v in reduce_mc(torch.from_numpy(p)).items()}
+    np.testing.assert_allclose(out["bald"], bald, rtol=1e-6)
+    np.testing.assert_allclose(out["std"], std.mean((1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(out["variance"], (std**2).mean((1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(out["class_uncertainty"], std[:, 1:].mean((2, 3)), rtol=1e-6)
+    assert (out["bald"] >= -1e-12).all()  # mutual information is non-negative
+
+
+def test_identical_passes_have_zero_bald_and_std(mc_probs):
+    p = np.repeat(mc_probs[:1], 4, axis=0)
+    out = reduce_mc(torch.from_numpy(p))
+    assert out["bald"].abs().max().item() < 1e-9
+    assert out["std"].abs().max().item() < 1e-9
+
+
+def test_mask_restricts_the_pixel_mean(mc_probs):
+    p = torch.from_numpy(mc_probs)
+    mask = torch.zeros(4, 6, 7, dtype=torch.bool)
+    mask[:, 1:4, 2:6] = True
+    masked = reduce_mc(p, mask)
+    cropped = reduce_mc(p[..., 1:4, 2:6])
+    for key in masked:
+        np.testing.assert_allclose(masked[key].numpy(), cropped[key].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(reduce_deterministic(p[0], mask)["entropy"].numpy(),
+                               reduce_deterministic(p[0, ..., 1:4, 2:6])["entropy"].numpy(), rtol=1e-6)
