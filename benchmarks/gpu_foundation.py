@@ -35,10 +35,11 @@ def main() -> None:
     from nnal.report_table import mean_dice_per_round
 
     overrides = dict(pool_cases=4, test_cases=2, batch_size=8, iterations_per_epoch=3, epochs_initial=1,
-                     epochs_per_round=1, initial=20, budget=10, device="cpu", num_processes=0) if args.tiny else {}
-    config = Config(dataset=str(REPO / "data" / "Task04_Hippocampus"), strategy="random", fold=0, seed=0,
+                     epochs_per_round=1, initial=20, budget=10, device="cpu") if args.tiny else {}
+    settings = dict(dataset=str(REPO / "data" / "Task04_Hippocampus"), strategy="random", fold=0, seed=0,
                     preset="gpu-short", rounds=args.rounds, device="auto",
-                    num_processes=int(os.environ.get("nnUNet_n_proc_DA", "12")), **overrides)
+                    num_processes=int(os.environ.get("nnUNet_n_proc_DA", "12")))
+    config = Config(**{**settings, **overrides})
     if args.output.exists():
         shutil.rmtree(args.output)
     start = time.perf_counter()
