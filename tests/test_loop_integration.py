@@ -129,3 +129,24 @@ def test_resume_with_other_settings_is_refused(bald_run, mini_hippocampus):
                                       "--strategy", "random", "--quiet"])
     assert result.exit_code == 2 and "differs" in result.stderr
     assert (bald_run / "results.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("strategy", ["meanstd", "coreset", "badge", "stochastic-batches", "usimc", "usimf"])
+def test_every_strategy_runs_two_real_rounds(strategy, bald_run, mini_hippocampus, nnunet_cache, tmp_path):
+    out = tmp_path / strategy
+    options = {"embedding_dim": 500} if strategy.startswith("usim") else {}
+    run_experiment(tiny_config(mini_hippocampus, strategy, strategy_options=options), out, cache=nnunet_cache,
+                   share_round0=bald_run, progress=False)
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["round"].unique()) == [0, 1, 2]
+    chosen = np.concatenate(selections(out))
+    assert len(np.unique(chosen)) == len(chosen) == 40
+    scores = np.load(out / "round_001" / "scores.npz")
+    expected = {"meanstd": {"std"}, "coreset": {"features", "labeled_features"}, "badge": {"badge_embeddings"},
+                "stochastic-batches": {"entropy"},
+                "usimc": {"class_uncertainty", "query", "grad_embeddings", "usim_uncertainty"},
+                "usimf": {"class_uncertainty", "query", "grad_embeddings", "usim_uncertainty", "fisher"}}[strategy]
+    assert expected <= set(scores.files)
+    if strategy.startswith("usim"):
+        assert scores["grad_embeddings"].shape == (len(scores["ids"]), 500)
+        assert scores["query"].max() < len(scores["ids"])

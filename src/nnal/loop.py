@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from nnal import __version__
+from nnal.backend.scoring import KNOWN_KEYS as SCORE_KEYS
 from nnal.backend.session import Backend
 from nnal.backend.training import Schedule
 from nnal.config import Config, ConfigError, from_mapping, load_yaml, save_yaml
@@ -30,6 +31,7 @@ from nnal.dataset import load_dataset, validate
 from nnal.pool import SlicePool
 from nnal.state import FolderLock, State, atomic_write_bytes, atomic_write_text
 from nnal.strategies import get_strategy
+from nnal.usim_scoring import usim_inputs
 
 RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled", "case", "label", "dice"]
 # fields that may change when an existing experiment is resumed (they do not change its results)
@@ -215,7 +217,7 @@ def _load_weights(rdir: Path) -> dict[str, torch.Tensor]:
 def _score(backend: Backend, config: Config, strategy, pool: SlicePool, unlabeled: np.ndarray,
            labeled: np.ndarray, weights, r: int, progress: bool) -> dict[str, np.ndarray]:
     needs = strategy.needs_for(**config.strategy_options)
-    keys = {k for k in needs if k != "ids" and not k.startswith("labeled_")}
+    keys = {k for k in needs if k in SCORE_KEYS}
     ids, cases = pool.ordered_by_case(unlabeled)
     scores: dict[str, np.ndarray] = {"ids": ids}
     if keys:
@@ -229,6 +231,12 @@ def _score(backend: Backend, config: Config, strategy, pool: SlicePool, unlabele
                                                    config.score_batch_size, 0)["features"]
     if "labeled_class_voxels" in needs:
         scores["labeled_class_voxels"] = pool.class_voxels(labeled)[1:]
+    if "grad_embeddings" in needs:
+        bar = tqdm(total=len(ids), desc=f"round {r} gradients", disable=not progress, leave=False)
+        rng = np.random.default_rng(phase_seed(config.seed, r, "score"))
+        scores.update(usim_inputs(backend, weights, strategy.name, ids, cases, scores, scores["labeled_class_voxels"],
+                                  config.strategy_options, rng, config.score_batch_size, on_batch=bar.update))
+        bar.close()
     return scores
 
 

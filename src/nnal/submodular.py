@@ -6,24 +6,31 @@ For a similarity matrix ``S`` of shape ``(n_candidates, n_query)`` (rows: unlabe
 
 which is submodlib's ``FacilityLocationVariantMutualInformationFunction`` ("FL2MI"). As in submodlib, a maximum over
 the empty set is 0 and entries below 0 count as 0 (the running column maxima start at 0), so negative similarities
-all tie. :func:`shift_nonnegative` removes that loss of information. Numpy only; no I/O.
+all tie. :func:`shift_nonnegative` removes that loss of information. No I/O; numba (when installed) compiles the
+gain kernel, otherwise numpy computes the same numbers.
 
 The marginal gain of row ``j`` given the running column maxima ``cur`` is
 ``sum_i max(0, S[j, i] - cur[i]) + eta * max(0, max_i S[j, i])``. Gains never grow while ``B`` grows, so a stale
-gain is an upper bound: both maximisers evaluate lazily, read ``S`` in row chunks of about 2 MiB and never copy it.
+gain is an upper bound: both maximisers evaluate lazily and never copy ``S``. See docs/submodular.md.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-__all__ = ["flqmi_greedy", "flqmi_objective", "flqmi_stochastic_greedy", "shift_nonnegative"]
+__all__ = ["backend", "flqmi_greedy", "flqmi_objective", "flqmi_stochastic_greedy", "shift_nonnegative"]
 
-_CHUNK_BYTES = 1 << 21  # rows of S are processed in blocks of about this size (fits in L2/L3)
+_CHUNK_BYTES = 1 << 21  # numpy backend: rows of S are processed in blocks of about this size (fits in L2/L3)
 _EXACT_BATCH_MAX = 1 << 16  # exact greedy: most stale rows re-evaluated per round (rounds double from one chunk)
+_LANES = 32  # a gain is summed in float64 in 32 lanes (lane = column % 32, each in column order), then lane by lane
+_MIN_ROWS_PER_THREAD = 32  # smaller batches are not split between threads
+_STATE: dict[str, Any] = {"force_numpy": os.environ.get("NNAL_SUBMODULAR_BACKEND", "") == "numpy"}
 
 
 def shift_nonnegative(S: np.ndarray, *, inplace: bool = False) -> np.ndarray:
@@ -66,55 +73,64 @@ def flqmi_objective(S: np.ndarray, selected: np.ndarray, eta: float = 1.0) -> fl
     return float(colmax.sum(dtype=np.float64)) + eta * rowmax_sum
 
 
-def flqmi_greedy(S: np.ndarray, budget: int, eta: float = 1.0) -> np.ndarray:
+def flqmi_greedy(S: np.ndarray, budget: int, eta: float = 1.0, *, threads: int | None = None) -> np.ndarray:
     """Exact greedy maximisation of Eq. 1; returns ``budget`` row indices in pick order.
 
     Lazy: one contiguous read of ``S`` gives every first gain (and checks ``S`` is finite); later steps re-evaluate,
     in rounds of growing size, only rows whose stale gain (an upper bound) can still win. Gains are float64 sums of
     the float32 terms submodlib computes, and ties go to the highest row index as in submodlib's ``NaiveGreedy`` (it
     scans its ground set from the last row down and keeps the first strict maximum), so the picks equal submodlib's
-    pick for pick up to the order of the float64 summation.
+    pick for pick up to the order of the float64 summation. ``threads``: see :func:`flqmi_stochastic_greedy`.
     """
     S, budget, eta = _validate(S, budget, eta)
+    threads = _resolve_threads(threads)
     n = S.shape[0]
     if budget == 0:
         return np.empty(0, dtype=np.int64)
-    ev = _Gains(S, eta, exact=True)
-    ub = ev.scan(gains=True)  # exact gains at step 0, upper bounds afterwards
-    fresh = np.zeros(n, dtype=np.int64)  # step at which ub[j] was last computed exactly
     picks = np.empty(budget, dtype=np.int64)
-    for t in range(budget):
-        best_g, best_j = -1.0, -1  # all gains are >= 0
-        batch = ev.rows_per_chunk
-        if t == 0:
-            best_j = _argmax_last(ub)  # row index == position
-        while t > 0:
-            cand = np.flatnonzero((ub >= best_g) & (fresh != t))  # picked rows hold -inf
-            if cand.size == 0:
-                break
-            if cand.size > batch:
-                cand = np.sort(cand[np.argpartition(ub[cand], cand.size - batch)[-batch:]])
-            batch = min(2 * batch, _EXACT_BATCH_MAX)
-            g = ev.dense(cand)
-            ub[cand] = g
-            fresh[cand] = t
-            best_g, best_j = _better(g, cand, best_g, best_j)
-        picks[t] = best_j
-        ev.add(best_j)
-        ub[best_j] = -np.inf
+    with _Gains(S, eta, threads) as ev:
+        ub, fresh = ev.ub, ev.fresh  # ub: exact gains at step 0, upper bounds afterwards; fresh: step of that gain
+        ev.evaluate(np.arange(n, dtype=np.int64), None, True, -1.0, -1, 0)
+        for t in range(budget):
+            best_g, best_j = -1.0, -1  # all gains are >= 0
+            batch = ev.rows_per_chunk
+            if t == 0:
+                best_j = _argmax_last(ub)  # row index == position
+            while t > 0:
+                cand = np.flatnonzero((ub >= best_g) & (fresh != t))  # picked rows hold -inf
+                if cand.size == 0:
+                    break
+                if cand.size > batch:
+                    cand = cand[np.argpartition(ub[cand], cand.size - batch)[-batch:]]
+                cand = cand[np.argsort(-ub[cand], kind="stable")]  # highest bound first
+                batch = min(2 * batch, _EXACT_BATCH_MAX)
+                best_g, best_j = ev.evaluate(cand, ub[cand], False, best_g, best_j, t, interleave=True)
+            picks[t] = best_j
+            ev.add(best_j)
+            ub[best_j] = -np.inf
     return picks
 
 
 def flqmi_stochastic_greedy(
-    S: np.ndarray, budget: int, rng: np.random.Generator, eta: float = 1.0, epsilon: float = 0.01
+    S: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+    eta: float = 1.0,
+    epsilon: float = 0.01,
+    *,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Stochastic greedy (Mirzasoleiman et al. 2015) for Eq. 1; returns ``budget`` row indices in pick order.
 
     Each step draws ``ceil(n / budget * ln(1 / epsilon))`` distinct rows (at most all that are left) uniformly from
     the rows not yet picked, using only ``rng``, and adds the one with the largest marginal gain (ties: highest row
-    index). The pick is the argmax over the sample (gains summed in ``S.dtype``, so exact up to that rounding):
-    laziness only skips sampled rows whose stale gain (an upper bound) cannot win. One contiguous read of ``S``
-    first checks it is finite and stores the row maxima. Deviations from submodlib: see docs/submodular.md.
+    index). The pick is the exact argmax over the sample: laziness only skips sampled rows whose stale gain (an upper
+    bound) cannot win. A row is checked to be finite, and its maximum stored, the first time it is read; the rows no
+    sample drew are checked at the end, so a non-finite entry anywhere raises ``ValueError``.
+
+    ``threads``: threads that evaluate gains (default: ``OMP_NUM_THREADS`` if set, else the CPUs this process may
+    use). The picks do not depend on it, nor on whether numba is installed. Deviations from submodlib: see
+    docs/submodular.md.
     """
     S, budget, eta = _validate(S, budget, eta)
     if not isinstance(rng, np.random.Generator):
@@ -122,112 +138,196 @@ def flqmi_stochastic_greedy(
     epsilon = float(epsilon)
     if not 0.0 < epsilon < 1.0:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    threads = _resolve_threads(threads)
     n = S.shape[0]
     if budget == 0:
         return np.empty(0, dtype=np.int64)
     size = math.ceil(n / budget * math.log(1.0 / epsilon))
-    ev = _Gains(S, eta, exact=False)
-    ev.scan(gains=False)
-    ub = np.full(n, np.inf)  # inf: never evaluated
     pool = np.arange(n, dtype=np.int64)  # rows not yet picked are pool[:left]
     where = np.arange(n, dtype=np.int64)  # position of each row in pool
-    batch = max(1, ev.rows_per_chunk // 4)
     picks = np.empty(budget, dtype=np.int64)
-    for t in range(budget):
-        left = n - t
-        sample = pool[rng.choice(left, min(size, left), replace=False)]
-        bound = ub[sample]
-        best_g, best_j = -1.0, -1
-        never = np.isinf(bound)
-        if never.any():  # no bound yet: must be read
-            rows = np.sort(sample[never])
-            g = ev.dense(rows)
-            ub[rows] = g
-            best_g, best_j = _better(g, rows, best_g, best_j)
-        rest, bound = sample[~never], bound[~never]
-        keep = bound >= best_g
-        order = np.argsort(-bound[keep], kind="stable")
-        rest, bound = rest[keep][order], bound[keep][order]
-        for a in range(0, rest.size, batch):  # stale rows, highest bound first
-            if bound[a] < best_g:
-                break
-            rows = rest[a : a + batch]
-            rows = np.sort(rows[bound[a : a + batch] >= best_g])
-            g = ev.dense(rows)
-            ub[rows] = g
-            best_g, best_j = _better(g, rows, best_g, best_j)
-        picks[t] = best_j
-        ev.add(best_j)
-        ub[best_j] = -np.inf
-        p, last = where[best_j], pool[left - 1]
-        pool[p], where[last] = last, p
+    with _Gains(S, eta, threads) as ev:
+        ub = ev.ub  # inf: never read; -inf: picked
+        for t in range(budget):
+            left = n - t
+            sample = pool[rng.choice(left, min(size, left), replace=False)]
+            bound = ub[sample]
+            best_g, best_j = -1.0, -1
+            never = np.isinf(bound)
+            if never.any():  # no bound yet: must be read
+                best_g, best_j = ev.evaluate(np.sort(sample[never]), None, True, best_g, best_j, t)
+            rest, bound = sample[~never], bound[~never]
+            keep = bound >= best_g
+            rest, bound = rest[keep], bound[keep]
+            if rest.size:  # stale rows, highest bound first, until no bound can win
+                order = np.argsort(-bound, kind="stable")
+                best_g, best_j = ev.evaluate(rest[order], bound[order], False, best_g, best_j, t, parallel=False)
+            picks[t] = best_j
+            ev.add(best_j)
+            ub[best_j] = -np.inf
+            p, last = where[best_j], pool[left - 1]
+            pool[p], where[last] = last, p
+        ev.check_unread()
     return picks
 
 
-class _Gains:
-    """Exact marginal gains of rows of ``S`` against the running column maxima ``cur`` of the picks."""
+# ------------------------------------------------------------------------------------------------ gain evaluation
 
-    def __init__(self, S: np.ndarray, eta: float, exact: bool) -> None:
+
+class _Gains:
+    """Exact marginal gains of rows of ``S`` against the running column maxima ``cur`` of the picks.
+
+    Holds per row: ``ub`` (the last gain computed, inf if the row was never read), ``fresh`` (the step of that gain),
+    ``rowmax`` (``max(0, max_i S[j, i])``, stored on the first read). The numba backend also keeps, per row, a bitmap
+    of the 32-column blocks that still held a positive term at the last read; as ``cur`` only grows, the other blocks
+    add exact zeros, so a re-read visits only the marked blocks and gives the same float64 sum, bit for bit, as a
+    full read. Both backends sum the same terms in the same order (``_LANES``), so their gains are identical.
+    """
+
+    def __init__(self, S: np.ndarray, eta: float, threads: int) -> None:
         n, q = S.shape
         self.S = S
         self.eta = S.dtype.type(eta)  # submodlib multiplies eta and the row maximum in float32
-        self.exact = exact  # float64 row sums (the same for a row whatever the chunk) vs sums in S.dtype
         self.cur = np.zeros(q, dtype=S.dtype)
+        self.ub = np.full(n, np.inf)
+        self.fresh = np.full(n, -1, dtype=np.int64)
+        self.rowmax = np.zeros(n, dtype=S.dtype)
         self.rows_per_chunk = _chunk_rows(S)
-        self.buf = np.empty((self.rows_per_chunk, q), dtype=S.dtype)
-        self.buf_rows = list(self.buf)
-        self.rowmax = np.zeros(n, dtype=S.dtype)  # max(0, max_i S[j, i])
+        self.threads = threads
+        self.kernel = _kernel() if S.flags.c_contiguous and S.dtype in (np.float32, np.float64) else None
+        if self.kernel is not None:
+            self.mask = np.zeros((n, -(-q // (32 * _LANES))), dtype=np.uint32)  # bit per 32-column block
+        else:
+            self.bufs = [np.empty((self.rows_per_chunk, q), dtype=S.dtype) for _ in range(threads)]
+        self.executor = ThreadPoolExecutor(threads) if threads > 1 else None
+
+    def __enter__(self) -> _Gains:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
 
     def add(self, j: int) -> None:
         np.maximum(self.cur, self.S[j], out=self.cur)
 
-    def scan(self, gains: bool) -> np.ndarray | None:
-        """One contiguous read of ``S``: check it is finite, store row maxima, optionally return all gains."""
-        n = self.S.shape[0]
-        out = np.empty(n) if gains else None
-        for a in range(0, n, self.rows_per_chunk):
-            b = min(n, a + self.rows_per_chunk)
-            blk = self.S[a:b]
-            mx = blk.max(axis=1)  # NaN propagates
-            if not (np.isfinite(mx).all() and np.isfinite(blk.min())):
-                raise ValueError(f"S contains non-finite values (rows {a}..{b - 1})")
-            np.maximum(mx, 0, out=self.rowmax[a:b])
-            if out is not None:
-                res = self.buf[: b - a]
-                np.maximum(blk, self.cur, out=res)
-                out[a:b] = self._finish(res, a, b)
-        return out
+    def evaluate(
+        self,
+        rows: np.ndarray,
+        bound: np.ndarray | None,
+        first: bool,
+        best_g: float,
+        best_j: int,
+        step: int,
+        parallel: bool = True,
+        interleave: bool = False,
+    ) -> tuple[float, int]:
+        """Gains of ``rows`` into ``ub`` (``fresh`` := ``step``); returns the running (best gain, row), ties to the
+        highest row. ``bound`` (None: no bound) holds upper bounds in decreasing order: a thread stops at the first
+        row whose bound is below the best gain it knows. ``first``: the rows were never read (check, store maxima)."""
+        if bound is None:
+            bound = np.full(rows.size, np.inf)
+        parts = self.threads if parallel and self.executor is not None else 1
+        parts = max(1, min(parts, rows.size // _MIN_ROWS_PER_THREAD))
+        if parts == 1:
+            slices = [(rows, bound)]
+        elif interleave:  # each thread gets rows of every bound level, so all of them prune alike
+            slices = [
+                (np.ascontiguousarray(rows[k::parts]), np.ascontiguousarray(bound[k::parts])) for k in range(parts)
+            ]
+        else:
+            cuts = np.linspace(0, rows.size, parts + 1).astype(np.int64)
+            slices = [(rows[a:b], bound[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        args = [(r, b, first, best_g, best_j, step, k) for k, (r, b) in enumerate(slices)]
+        if len(args) == 1:
+            results = [self._part(*args[0])]
+        else:
+            assert self.executor is not None
+            results = [f.result() for f in [self.executor.submit(self._part, *a) for a in args]]
+        for (r, _), (bad, g, j) in zip(slices, results, strict=True):
+            if bad >= 0:
+                raise ValueError(f"S contains non-finite values (row {int(r[bad])})")
+            if g > best_g or (g == best_g and j > best_j):
+                best_g, best_j = g, j
+        return best_g, best_j
 
-    def dense(self, rows: np.ndarray) -> np.ndarray:
-        """Gains of ``rows`` (sorted row indices), reading each row of ``S`` once, straight into the buffer."""
-        out = np.empty(rows.size)
-        S, cur, maximum, buf_rows = self.S, self.cur, np.maximum, self.buf_rows
+    def _part(
+        self, rows: np.ndarray, bound: np.ndarray, first: bool, best_g: float, best_j: int, step: int, k: int
+    ) -> tuple[int, float, int]:
+        """One thread's share: (position of a non-finite row or -1, best gain, its row)."""
+        if self.kernel is not None:
+            status, g, j = self.kernel(
+                self.S, rows, bound, self.cur, self.eta, first, best_g, best_j,
+                self.rowmax, self.mask, self.ub, self.fresh, step,
+            )  # fmt: skip
+            return (-status - 1 if status < 0 else -1), float(g), int(j)
+        return self._numpy_part(rows, bound, first, best_g, best_j, step, self.bufs[k])
+
+    def _numpy_part(
+        self, rows: np.ndarray, bound: np.ndarray, first: bool, best_g: float, best_j: int, step: int, buf: np.ndarray
+    ) -> tuple[int, float, int]:
+        S, cur, step_rows = self.S, self.cur, self.rows_per_chunk
+        for a in range(0, rows.size, step_rows):
+            if bound[a] < best_g:
+                break
+            idx, b = rows[a : a + step_rows], bound[a : a + step_rows]
+            idx = idx[b >= best_g]
+            res = buf[: idx.size]
+            if idx.size and int(idx[-1]) - int(idx[0]) == idx.size - 1 and bool(np.all(np.diff(idx) == 1)):
+                src = S[int(idx[0]) : int(idx[-1]) + 1]
+            else:
+                src = res
+                for r, j in enumerate(idx.tolist()):
+                    res[r] = S[j]  # one row at a time: no gathered temporary
+            if first:
+                mx, mn = src.max(axis=1), src.min(axis=1)  # NaN propagates
+                ok = np.isfinite(mx) & np.isfinite(mn)
+                if not ok.all():
+                    return a + int(np.flatnonzero(b >= best_g)[np.argmin(ok)]), best_g, best_j
+                self.rowmax[idx] = np.maximum(mx, 0)
+            np.maximum(src, cur, out=res)
+            np.subtract(res, cur, out=res)  # the float32 terms submodlib computes
+            g = _lane_sums(res)
+            if self.eta != 0:
+                g += self.eta * self.rowmax[idx]
+            self.ub[idx] = g
+            self.fresh[idx] = step
+            best_g, best_j = _better(g, idx, best_g, best_j)
+        return -1, best_g, best_j
+
+    def check_unread(self) -> None:
+        """Raise if a row never read holds a non-finite value (a NaN anywhere in ``S`` is an error)."""
+        rows = np.flatnonzero(self.ub == np.inf)
         for a in range(0, rows.size, self.rows_per_chunk):
             idx = rows[a : a + self.rows_per_chunk]
-            for r, j in enumerate(idx.tolist()):
-                maximum(S[j], cur, out=buf_rows[r])  # no gathered copy of the rows
-            out[a : a + idx.size] = self._finish(self.buf[: idx.size], idx)
-        return out
+            ok = np.isfinite(self.S[idx]).all(axis=1)
+            if not ok.all():
+                raise ValueError(f"S contains non-finite values (row {int(idx[np.argmin(ok)])})")
 
-    def _finish(self, res: np.ndarray, rows: np.ndarray | int, stop: int | None = None) -> np.ndarray:
-        """``res`` holds ``max(S[rows], cur)``: subtract ``cur`` (same float ops as submodlib), sum, add eta term."""
-        np.subtract(res, self.cur, out=res)
-        if self.exact:  # pairwise float64 sums, identical for a row whatever chunk it is in
-            g = res.sum(axis=1, dtype=np.float64)
-        else:  # sums in S.dtype: 3x faster than numpy's pairwise sum, and the terms are mostly 0 after a few picks
-            g = np.einsum("ij->i", res).astype(np.float64)
-        if self.eta != 0:
-            m = self.rowmax[rows:stop] if stop is not None else self.rowmax[rows]
-            g += self.eta * m
-        return g
+
+def _lane_sums(res: np.ndarray) -> np.ndarray:
+    """float64 row sums of ``res`` in the kernel's order: lane ``l`` adds columns ``l, l + 32, ...`` in turn (numpy
+    reduces a non-contiguous axis element by element), then the 32 lanes are added in order."""
+    m, q = res.shape
+    full = q - q % _LANES
+    if full:
+        lanes = res[:, :full].reshape(m, full // _LANES, _LANES).sum(axis=1, dtype=np.float64)
+    else:
+        lanes = np.zeros((m, _LANES))
+    if full < q:
+        lanes[:, : q - full] += res[:, full:]
+    g = lanes[:, 0].copy()
+    for lane in range(1, _LANES):
+        g += lanes[:, lane]
+    return g
 
 
 def _better(g: np.ndarray, rows: np.ndarray, best_g: float, best_j: int) -> tuple[float, int]:
-    """Running maximum over (gain, row) pairs for sorted ``rows``; ties go to the highest row index."""
+    """Running maximum over (gain, row) pairs; ties go to the highest row index."""
     if g.size == 0:
         return best_g, best_j
-    i = _argmax_last(g)
-    gj, j = float(g[i]), int(rows[i])
+    gj = float(g.max())
+    j = int(rows[g == gj].max())
     if gj > best_g or (gj == best_g and j > best_j):
         return gj, j
     return best_g, best_j
@@ -236,6 +336,151 @@ def _better(g: np.ndarray, rows: np.ndarray, best_g: float, best_j: int) -> tupl
 def _argmax_last(g: np.ndarray) -> int:
     """Position of the last maximum of ``g`` (the highest row index among ties, rows being sorted)."""
     return g.size - 1 - int(np.argmax(g[::-1]))
+
+
+# ----------------------------------------------------------------------------------------------- numba kernel
+
+
+def _nb_eval(S, rows, bound, cur, eta, first, best_g, best_j, rowmax, mask, ub, fresh, step):  # noqa: ANN001, ANN202
+    """Numba kernel (compiled by :func:`_kernel`): gains of ``rows`` in order, stopping at the first row whose bound
+    is below the best gain; returns (rows evaluated, or -1 - position of a non-finite row; best gain; its row).
+
+    The float64 sum runs in 32 lanes, lane ``i % 32`` adding column ``i``'s term ``S[j, i] - cur[i]`` (the float32
+    operation submodlib does) when it is positive, in column order; then the lanes in order, then ``eta * rowmax``.
+    Inner loops run over the 32 lanes, so LLVM vectorises them without reassociating any sum. ``mask[j]`` marks the
+    32-column blocks that held a positive term at the last read of row ``j``.
+    """
+    q = S.shape[1]
+    nsup = q // 32
+    nwords = mask.shape[1]
+    acc = np.zeros(32)
+    mx = np.empty(32, dtype=S.dtype)
+    rs = np.empty(32, dtype=S.dtype)
+    done = 0
+    for r in range(rows.size):
+        if bound[r] < best_g:
+            break
+        j = rows[r]
+        row = S[j]
+        bits = mask[j]
+        acc[:] = 0.0
+        if first:  # every column; also the row maximum (NaN-propagating) and the row sum (for the finite check)
+            mx[:] = row[0]
+            rs[:] = 0
+            bits[:] = 0
+            for k in range(nsup):
+                base = 32 * k
+                c = 0
+                for lane in range(32):
+                    s = row[base + lane]
+                    t = s - cur[base + lane]
+                    acc[lane] += t if t > 0 else 0.0
+                    c += 1 if t > 0 else 0
+                    mx[lane] = np.maximum(mx[lane], s)
+                    rs[lane] += s
+                if c > 0:
+                    bits[k >> 5] |= 1 << (k & 31)
+            c = 0
+            for i in range(32 * nsup, q):
+                s = row[i]
+                t = s - cur[i]
+                acc[i - 32 * nsup] += t if t > 0 else 0.0
+                c += 1 if t > 0 else 0
+                mx[i - 32 * nsup] = np.maximum(mx[i - 32 * nsup], s)
+                rs[i - 32 * nsup] += s
+            if c > 0:
+                bits[nsup >> 5] |= 1 << (nsup & 31)
+            m = mx[0]
+            z = rs[0]
+            for lane in range(1, 32):
+                m = np.maximum(m, mx[lane])
+                z += rs[lane]
+            if not (m - m == 0 and z - z == 0):  # NaN or inf, or a finite row whose float sum overflowed
+                for i in range(q):
+                    if not row[i] - row[i] == 0:
+                        return -1 - r, best_g, best_j
+            rowmax[j] = m if m > 0 else 0
+        else:  # only the marked blocks: the others add exact zeros, as cur never decreases
+            for w in range(nwords):
+                word = np.int64(bits[w])
+                if word == 0:
+                    continue
+                keep = 0
+                for bit in range(32):
+                    if (word >> bit) & 1:
+                        base = 32 * (32 * w + bit)
+                        c = 0
+                        if base + 32 <= q:
+                            for lane in range(32):
+                                t = row[base + lane] - cur[base + lane]
+                                acc[lane] += t if t > 0 else 0.0
+                                c += 1 if t > 0 else 0
+                        else:
+                            for i in range(base, q):
+                                t = row[i] - cur[i]
+                                acc[i - base] += t if t > 0 else 0.0
+                                c += 1 if t > 0 else 0
+                        if c > 0:
+                            keep |= 1 << bit
+                bits[w] = keep
+        g = 0.0
+        for lane in range(32):
+            g += acc[lane]
+        g += eta * rowmax[j]
+        ub[j] = g
+        fresh[j] = step
+        if g > best_g or (g == best_g and j > best_j):
+            best_g = g
+            best_j = j
+        done += 1
+    return done, best_g, best_j
+
+
+def _kernel() -> Any:
+    """The compiled :func:`_nb_eval`, or None without numba (or with ``NNAL_SUBMODULAR_BACKEND=numpy``)."""
+    if _STATE["force_numpy"]:
+        return None
+    if "kernel" not in _STATE:
+        try:
+            import numba
+        except ImportError:
+            _STATE["kernel"] = None
+        else:
+            try:
+                _STATE["kernel"] = numba.njit(nogil=True, cache=True)(_nb_eval)
+            except RuntimeError:  # no writable cache location
+                _STATE["kernel"] = numba.njit(nogil=True)(_nb_eval)
+    return _STATE["kernel"]
+
+
+def backend() -> str:
+    """``"numba"`` or ``"numpy"``: what evaluates gains of C-contiguous float matrices in this process."""
+    return "numpy" if _kernel() is None else "numba"
+
+
+def _resolve_threads(threads: int | None) -> int:
+    """``threads``, or ``OMP_NUM_THREADS`` if set, or the CPUs this process may run on."""
+    if threads is None:
+        try:
+            threads = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            try:
+                threads = len(os.sched_getaffinity(0))
+            except AttributeError:  # not Linux
+                threads = os.cpu_count() or 1
+        return max(1, threads)
+    try:
+        threads = operator.index(threads)
+    except TypeError:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}") from None
+    if threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads}")
+    return threads
+
+
+# ------------------------------------------------------------------------------------------------- validation
 
 
 def _chunk_rows(S: np.ndarray) -> int:

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnal.backend.gradients import head_gradient_embeddings, per_sample_gradients
 from nnal.backend.inference import load_volume, padded_shape, set_dropout, total_stride
 from nnal.backend.planning import CONFIGURATION
 
 MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty"})
-DETERMINISTIC_KEYS = frozenset({"entropy", "features"})
+DETERMINISTIC_KEYS = frozenset({"entropy", "features", "badge_embeddings"})
 KNOWN_KEYS = MC_KEYS | DETERMINISTIC_KEYS
 
 
@@ -110,6 +111,12 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
     if "features" in keys:  # bottleneck = last encoder stage, global-average pooled, dropout-free pass only
         hook = net.encoder.stages[-1].register_forward_hook(
             lambda _m, _i, out: features.append(out.float().mean((-2, -1)).cpu()) if capture["on"] else None)
+    head_inputs: list[torch.Tensor] = []
+    if "badge_embeddings" in keys:  # the 1x1 segmentation head's input, for BADGE's closed-form gradient
+        hooks_head = net.decoder.seg_layers[-1].register_forward_hook(
+            lambda _m, i, _o: head_inputs.append(i[0].float()) if capture["on"] else None)
+    else:
+        hooks_head = None
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     try:
         for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
@@ -119,9 +126,12 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
                 capture["on"] = True
                 logits = net(batch)
                 capture["on"] = False
-                for k, v in reduce_deterministic(logits.float().softmax(1), mask).items():
+                probs = logits.float().softmax(1)
+                for k, v in reduce_deterministic(probs, mask).items():
                     if k in keys:
                         parts[k].append(v.cpu())
+                if head_inputs:
+                    parts["badge_embeddings"].append(head_gradient_embeddings(head_inputs.pop(), probs, mask).cpu())
             if keys & MC_KEYS:
                 set_dropout(net, True)
                 probs = torch.stack([net(batch).float().softmax(1) for _ in range(mc_passes)])
@@ -132,9 +142,40 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
-        if hook is not None:
-            hook.remove()
+        for h in (hook, hooks_head):
+            if h is not None:
+                h.remove()
         set_dropout(net, False)
     if "features" in keys:
         parts["features"] = features
     return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
+
+
+def gradient_embeddings(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
+                        names: list[str], index: np.ndarray | None, batch_size: int, device: torch.device,
+                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Per-slice gradient embeddings ``(N, d)`` (pseudo-label log-likelihood, named parameters, ``index`` subset)."""
+    patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
+    idx = None if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long, device=device)
+    rows = []
+    for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
+        rows.append(per_sample_gradients(net, batch.to(device), mask.to(device), names, idx).cpu())
+        if on_batch is not None:
+            on_batch(len(batch))
+    return torch.cat(rows).numpy()
+
+
+def fisher_diagonal(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
+                    weights: np.ndarray, names: list[str], batch_size: int, device: torch.device) -> np.ndarray:
+    """Diagonal empirical Fisher ``sum_i w_i g_i^2 / sum_i w_i`` over the given slices (``weights``: how often
+    each slice was drawn into the query set), accumulated batch by batch: per-sample gradients are never all held."""
+    patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    total = None
+    start = 0
+    for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
+        g = per_sample_gradients(net, batch.to(device), mask.to(device), names).double()
+        part = (g.square() * w[start:start + len(batch)].to(g.device)[:, None]).sum(0)
+        total = part if total is None else total + part
+        start += len(batch)
+    return (total / w.sum()).cpu().numpy()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnal.backend import inference, planning, scoring, training
+from nnal.backend import gradients, inference, planning, scoring, training
 from nnal.backend.runtime import configure_nnunet_env, resolve_device, set_threads
 from nnal.dataset import RawDataset, write_nnunet_raw
 
@@ -83,3 +83,22 @@ class Backend:
         net = self.network(weights)
         return scoring.score_pool(net, self.plans, self.folder, cases, keys, mc_passes, batch_size, self.device,
                                   seed, on_batch)
+
+    def parameter_count(self, weights: Mapping[str, torch.Tensor], group: str) -> int:
+        net = self.network(weights)
+        return gradients.parameter_count(net, gradients.parameter_names(net, group))
+
+    def gradient_embeddings(self, weights: Mapping[str, torch.Tensor], cases: list[tuple[str, np.ndarray]],
+                            group: str, index: np.ndarray | None, batch_size: int,
+                            on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Per-slice gradients of the pseudo-label log-likelihood w.r.t. a parameter group, ``index`` entries."""
+        net = self.network(weights)
+        return scoring.gradient_embeddings(net, self.plans, self.folder, cases, gradients.parameter_names(net, group),
+                                           index, batch_size, self.device, on_batch)
+
+    def fisher(self, weights: Mapping[str, torch.Tensor], cases: list[tuple[str, np.ndarray]], counts: np.ndarray,
+               group: str, batch_size: int) -> np.ndarray:
+        """Diagonal empirical Fisher of a parameter group over slices drawn ``counts`` times each."""
+        net = self.network(weights)
+        return scoring.fisher_diagonal(net, self.plans, self.folder, cases, counts,
+                                       gradients.parameter_names(net, group), batch_size, self.device)

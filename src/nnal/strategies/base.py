@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 Scores = Mapping[str, np.ndarray]
+# arrays that are not one row per pool slice: USIM's query positions and the Fisher values of its parameters
+UNALIGNED_KEYS = frozenset({"query", "fisher"})
 SelectFn = Callable[..., np.ndarray]
 
 
@@ -87,7 +89,7 @@ def check_scores(scores: Scores, needs: tuple[str, ...]) -> np.ndarray:
         if key not in scores:
             raise ValueError(f"scores lack {key!r}")
         arr = np.asarray(scores[key])
-        if key.startswith("labeled_"):
+        if key.startswith("labeled_") or key in UNALIGNED_KEYS:
             continue
         if arr.shape[0] != len(ids):
             raise ValueError(f"scores[{key!r}] has {arr.shape[0]} rows, expected {len(ids)}")

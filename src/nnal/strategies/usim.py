@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from nnal.strategies.base import Scores, Strategy, register
+
 CHUNK_ELEMENTS = 1 << 22  # floats per temporary block
 QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
 OPTIMIZERS = ("stochastic", "exact")
@@ -288,9 +290,37 @@ def usim_select(
     budget = min(_count(budget, "budget"), s.shape[0])
     if budget == 0:
         return np.empty(0, dtype=np.int64)
-    s = shift_nonnegative(s)
+    s = shift_nonnegative(s, inplace=True)  # callers hand over a fresh similarity matrix: no second copy
     if optimizer == "exact":
         chosen = flqmi_greedy(s, budget, eta=eta)
     else:
         chosen = flqmi_stochastic_greedy(s, budget, rng, eta=eta, epsilon=epsilon)
     return np.asarray(chosen, dtype=np.int64)
+
+
+# --- the two strategies ---------------------------------------------------------------------------------------
+# The scoring phase (nnal.usim_scoring) draws the query set, the parameter subset and the gradient embeddings;
+# what is left here is pure: similarity, then FLQMI.
+
+
+def usimc_select(scores: Scores, budget: int, rng: np.random.Generator, eta: float = 1.0,
+                 optimizer: str = "stochastic", epsilon: float = 0.01, **_: object) -> np.ndarray:
+    """USIMC: cosine similarity of bottleneck gradient embeddings between pool and query set, then FLQMI."""
+    g = np.asarray(scores["grad_embeddings"])
+    s = cosine_similarity(g, g[np.asarray(scores["query"])])
+    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon)]
+
+
+def usimf_select(scores: Scores, budget: int, rng: np.random.Generator, eta: float = 1.0,
+                 optimizer: str = "stochastic", epsilon: float = 0.01, damping: float = 1e-8,
+                 **_: object) -> np.ndarray:
+    """USIMF: Fisher-kernel similarity g_u^T F^-1 g_q on Fisher-sampled parameters, then FLQMI."""
+    g = np.asarray(scores["grad_embeddings"])
+    s = fisher_similarity(g, g[np.asarray(scores["query"])], np.asarray(scores["fisher"]), damping=damping)
+    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon)]
+
+
+_USIM_NEEDS = ("class_uncertainty", "labeled_class_voxels", "usim_uncertainty", "query", "grad_embeddings")
+register(Strategy("usimc", usimc_select, needs=_USIM_NEEDS, mc_dropout=True, score_key="usim_uncertainty"))
+register(Strategy("usimf", usimf_select, needs=(*_USIM_NEEDS, "fisher"), mc_dropout=True,
+                  score_key="usim_uncertainty"))

@@ -1,0 +1,32 @@
+"""Evaluation and reporting over nnal experiment folders: tidy tables, statistics, figures, an HTML report."""
+
+from nnal.analysis.load import (
+    ReportError,
+    batch_uncertainty,
+    find_experiments,
+    labeled_progress,
+    load_experiment,
+    load_experiments,
+    load_results,
+    load_selections,
+)
+from nnal.analysis.panels import embed_2d, plot_correlations, plot_embedding, plot_segmentations
+from nnal.analysis.report import ReportExtras, SegmentationExample, build_report
+from nnal.analysis.stats import (
+    aubc,
+    aubc_table,
+    correlation,
+    fg_efficiency,
+    final_dice,
+    holm,
+    learning_curves,
+    paired_test,
+    penalty_matrix,
+)
+
+__all__ = [
+    "ReportError", "ReportExtras", "SegmentationExample", "aubc", "aubc_table", "batch_uncertainty", "build_report",
+    "correlation", "embed_2d", "fg_efficiency", "final_dice", "find_experiments", "holm", "labeled_progress",
+    "learning_curves", "load_experiment", "load_experiments", "load_results", "load_selections", "paired_test",
+    "penalty_matrix", "plot_correlations", "plot_embedding", "plot_segmentations",
+]

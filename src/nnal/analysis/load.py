@@ -1,0 +1,285 @@
+"""Reading experiment folders into tidy pandas tables.
+
+An experiment folder (see ``nnal.loop``) holds ``config.yaml``, ``pool.csv``, ``results.csv`` and ``round_NNN/``
+folders with ``selection.csv`` and ``scores.npz``. Every problem with a folder is a :class:`ReportError` whose
+one-line message names the folder or file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled", "case", "label", "dice"]
+NUMERIC_RESULT_COLUMNS = ["fold", "seed", "round", "n_labeled", "dice"]
+SELECTION_COLUMNS = ["id", "case", "slice", "score"]
+KEYS = ["experiment", "strategy", "fold", "seed"]
+FULL = "full"  # the strategy name of a full-label reference experiment (trains on every pool slice)
+
+
+class ReportError(ValueError):
+    """An experiment folder or file that cannot be read; the one-line message names it."""
+
+
+@dataclass
+class Experiment:
+    """One experiment folder, read and validated."""
+
+    path: Path
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    state: dict[str, Any]
+    pool: pd.DataFrame
+    results: pd.DataFrame
+    selections: dict[int, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.results["experiment"].iloc[0])
+
+    @property
+    def strategy(self) -> str:
+        return str(self.results["strategy"].iloc[0])
+
+    @property
+    def fold(self) -> int:
+        return int(self.results["fold"].iloc[0])
+
+    @property
+    def seed(self) -> int:
+        return int(self.results["seed"].iloc[0])
+
+    @property
+    def vox_columns(self) -> list[str]:
+        return [c for c in self.pool.columns if c.startswith("vox_")]
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
+    """Experiment folders among ``dirs``; a folder without ``config.yaml`` whose subfolders are experiments
+    (e.g. the demo's output folder) stands for them."""
+    found: list[Path] = []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise ReportError(f"{d}: no such folder")
+        if (d / "config.yaml").is_file():
+            found.append(d)
+            continue
+        children = sorted(c for c in d.iterdir() if c.is_dir() and (c / "config.yaml").is_file())
+        if not children:
+            raise ReportError(f"{d}: not an nnal experiment folder (no config.yaml) and holds none")
+        found.extend(children)
+    if not found:
+        raise ReportError("no experiment folders given")
+    return found
+
+
+def _read_csv(path: Path, columns: Sequence[str], what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise ReportError(f"{path}: missing ({what})")
+    if path.stat().st_size == 0:
+        raise ReportError(f"{path}: empty file")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ReportError(f"{path}: empty file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise ReportError(f"{path}: malformed CSV ({_one_line(err)})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{path}: malformed, missing column(s) {', '.join(missing)}")
+    return frame
+
+
+def _numeric(frame: pd.DataFrame, columns: Sequence[str], path: Path, allow_nan: Sequence[str] = ()) -> pd.DataFrame:
+    frame = frame.copy()
+    for col in columns:
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna() & (frame[col].notna() if col in allow_nan else True)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # 1-based, after the header line
+            raise ReportError(f"{path}: malformed, non-numeric {col} {frame[col].iloc[row - 2]!r} on line {row}")
+        frame[col] = values
+    return frame
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """Read and validate one ``results.csv``."""
+    frame = _read_csv(path, RESULT_COLUMNS, "results.csv")
+    if frame.empty:
+        raise ReportError(f"{path}: empty, no result rows")
+    frame = _numeric(frame, NUMERIC_RESULT_COLUMNS, path, allow_nan=["dice"])
+    for col in ("fold", "seed", "round", "n_labeled"):
+        frame[col] = frame[col].astype(np.int64)
+    frame["experiment"] = frame["experiment"].astype(str)
+    frame["strategy"] = frame["strategy"].astype(str)
+    frame["label"] = frame["label"].astype(str)
+    if frame[["experiment", "strategy", "fold", "seed"]].drop_duplicates().shape[0] != 1:
+        raise ReportError(f"{path}: malformed, rows of more than one experiment")
+    return frame[RESULT_COLUMNS]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: malformed JSON ({_one_line(err)})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def load_experiment(path: Path | str) -> Experiment:
+    """Read one experiment folder (config, environment, state, pool, results, selections)."""
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    if not cfg_file.is_file():
+        raise ReportError(f"{path}: not an nnal experiment folder (no config.yaml)")
+    try:
+        config = yaml.safe_load(cfg_file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ReportError(f"{cfg_file}: malformed YAML ({_one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise ReportError(f"{cfg_file}: malformed, not a mapping")
+    results = read_results(path / "results.csv")
+    pool = _read_csv(path / "pool.csv", ["id", "case", "slice", "vox_0"], "pool.csv")
+    pool = _numeric(pool, ["id", "slice"] + [c for c in pool.columns if c.startswith("vox_")], path / "pool.csv")
+    selections = {}
+    for rdir in sorted(path.glob("round_[0-9][0-9][0-9]")):
+        sel_file = rdir / "selection.csv"
+        if sel_file.is_file():
+            sel = _read_csv(sel_file, SELECTION_COLUMNS, "selection.csv")
+            sel = _numeric(sel, ["id", "slice", "score"], sel_file, allow_nan=["score"])
+            if not sel["id"].isin(pool["id"]).all():
+                raise ReportError(f"{sel_file}: malformed, slice ids not in pool.csv")
+            selections[int(rdir.name[6:])] = sel.astype({"id": np.int64, "slice": np.int64})
+    return Experiment(path, config, _read_json(path / "environment.json"), _read_json(path / "state.json"),
+                      pool.astype({"id": np.int64}), results, selections)
+
+
+def load_experiments(dirs: Iterable[Path | str]) -> list[Experiment]:
+    """Every experiment among ``dirs`` (see :func:`find_experiments`); experiment names must be unique."""
+    experiments = [load_experiment(p) for p in find_experiments(dirs)]
+    seen: dict[str, Path] = {}
+    for exp in experiments:
+        if exp.name in seen:
+            raise ReportError(f"{exp.path}: experiment {exp.name!r} is also in {seen[exp.name]}")
+        seen[exp.name] = exp.path
+    return experiments
+
+
+def labeled_progress(exp: Experiment) -> pd.DataFrame:
+    """Per round of ``exp``: labeled slices and annotated voxels.
+
+    Columns: round, pool_size, labeled_fraction (labeled / pool slices), fg_fraction (annotated foreground voxels /
+    foreground voxels of the whole pool: the FG-Eff axis) and fg_share (foreground / all annotated voxels).
+    Rounds whose selections are missing get NaN voxel columns (a full-label experiment without selections
+    counts as the whole pool).
+    """
+    counts = exp.pool[exp.vox_columns].to_numpy(dtype=np.float64)
+    index, n = pd.Index(exp.pool["id"]), len(counts)
+    pool_fg = counts[:, 1:].sum()
+    rows = []
+    for r, n_labeled in exp.results.groupby("round")["n_labeled"].first().items():
+        mask: np.ndarray | None = None
+        if all(k in exp.selections for k in range(int(r) + 1)):
+            mask = np.zeros(n, dtype=bool)
+            for k in range(int(r) + 1):
+                mask[index.get_indexer(exp.selections[k]["id"])] = True
+        elif n_labeled == n:
+            mask = np.ones(n, dtype=bool)
+        fg = counts[mask, 1:].sum() if mask is not None else np.nan
+        total = counts[mask].sum() if mask is not None else np.nan
+        rows.append({"round": int(r), "pool_size": n, "labeled_fraction": n_labeled / n,
+                     "fg_fraction": fg / pool_fg if pool_fg > 0 else np.nan,
+                     "fg_share": fg / total if total > 0 else np.nan})
+    return pd.DataFrame(rows)
+
+
+def _config_columns(exp: Experiment) -> dict[str, Any]:
+    out = {"folder": str(exp.path)}
+    for key, value in exp.config.items():
+        if key in RESULT_COLUMNS:
+            continue
+        out[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+    return out
+
+
+def _as_experiments(source: Iterable[Path | str] | Sequence[Experiment]) -> list[Experiment]:
+    source = list(source)
+    if source and all(isinstance(s, Experiment) for s in source):
+        return source  # type: ignore[return-value]
+    return load_experiments(source)  # type: ignore[arg-type]
+
+
+def load_results(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
+    """All ``results.csv`` rows of the experiments in ``dirs`` as one table, with each round's labeled
+    fractions (:func:`labeled_progress`) and the experiment's config fields (dicts as JSON) as extra columns."""
+    parts = []
+    for exp in _as_experiments(dirs):
+        frame = exp.results.merge(labeled_progress(exp), on="round", how="left")
+        parts.append(frame.assign(**_config_columns(exp)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_selections(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
+    """Every selected slice: experiment, strategy, fold, seed, round, id, case, slice, score, the slice's voxels
+    per class (vox_0 ..) from pool.csv and fg_voxels (their foreground sum)."""
+    parts = []
+    for exp in _as_experiments(dirs):
+        vox = exp.vox_columns
+        for r, sel in sorted(exp.selections.items()):
+            frame = sel[SELECTION_COLUMNS].merge(exp.pool[["id", *vox]], on="id", how="left")
+            frame["fg_voxels"] = frame[vox[1:]].sum(axis=1) if len(vox) > 1 else 0
+            parts.append(frame.assign(experiment=exp.name, strategy=exp.strategy, fold=exp.fold, seed=exp.seed,
+                                      round=r))
+    if not parts:
+        return pd.DataFrame(columns=[*KEYS, "round", *SELECTION_COLUMNS, "fg_voxels"])
+    frame = pd.concat(parts, ignore_index=True)
+    first = [*KEYS, "round", *SELECTION_COLUMNS]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def batch_uncertainty(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
+    """Total uncertainty of each selected batch (rounds >= 1), from the round's ``scores.npz``.
+
+    Per slice: ``class_uncertainty`` summed over foreground classes when the strategy computed it (the paper's
+    Uncert(X_B), Appendix D); else the strategy's own score recorded in ``selection.csv``. Columns: experiment,
+    strategy, fold, seed, round, measure (which of the two), n (slices), uncertainty (sum over the batch).
+    Batches with neither (e.g. random sampling) are left out.
+    """
+    rows = []
+    for exp in _as_experiments(dirs):
+        for r, sel in sorted(exp.selections.items()):
+            if r == 0:
+                continue
+            ids = sel["id"].to_numpy()
+            value, measure = np.nan, None
+            npz = exp.path / f"round_{r:03d}" / "scores.npz"
+            if npz.is_file():
+                try:
+                    with np.load(npz) as scores:
+                        if "class_uncertainty" in scores.files and "ids" in scores.files:
+                            pos = np.searchsorted(scores["ids"], ids)
+                            cu = np.asarray(scores["class_uncertainty"], dtype=np.float64)
+                            cu = cu.reshape(len(cu), -1)
+                            if np.all(pos < len(cu)) and np.array_equal(scores["ids"][pos], ids):
+                                value, measure = float(cu[pos].sum()), "class_uncertainty"
+                except (OSError, ValueError) as err:
+                    raise ReportError(f"{npz}: malformed ({_one_line(err)})") from None
+            if measure is None and sel["score"].notna().all() and len(sel):
+                value, measure = float(sel["score"].sum()), "score"
+            if measure is not None:
+                rows.append({"experiment": exp.name, "strategy": exp.strategy, "fold": exp.fold, "seed": exp.seed,
+                             "round": r, "measure": measure, "n": len(ids), "uncertainty": value})
+    return pd.DataFrame(rows, columns=[*KEYS, "round", "measure", "n", "uncertainty"])

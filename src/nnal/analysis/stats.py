@@ -1,0 +1,298 @@
+"""Statistics over results tables: learning curves, AUBC, final Dice, pairwise penalty matrix, FG-Eff, correlation.
+
+Every function takes the table of :func:`nnal.analysis.load.load_results` (or one with the same columns).
+Definitions are in ``docs/report.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from nnal.analysis.load import FULL, KEYS
+
+CURVE_COLUMNS = [*KEYS, "round", "n_labeled", "labeled_fraction", "fg_fraction", "dice"]
+
+
+def experiment_curves(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
+    """One row per (experiment, round): Dice of ``label`` averaged over the test cases (NaN cases skipped)."""
+    rows = results[results["label"] == label]
+    extra = [c for c in ("labeled_fraction", "fg_fraction") if c in rows.columns]
+    frame = rows.groupby([*KEYS, "round", "n_labeled", *extra], as_index=False, dropna=False)["dice"].mean()
+    for col in ("labeled_fraction", "fg_fraction"):
+        if col not in frame.columns:
+            frame[col] = np.nan
+    return frame[CURVE_COLUMNS].sort_values([*KEYS, "round"], ignore_index=True)
+
+
+def learning_curves(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
+    """Mean and spread over repetitions (folds, seeds) per (strategy, round).
+
+    Columns: strategy, round, n_labeled, pct_pool (100 x labeled fraction), dice_mean, dice_std (ddof 1; NaN for
+    one repetition), n (repetitions).
+    """
+    per = experiment_curves(results, label)
+    grouped = per.groupby(["strategy", "round"], as_index=False)
+    return grouped.agg(n_labeled=("n_labeled", "mean"), pct_pool=("labeled_fraction", lambda v: 100 * v.mean()),
+                       dice_mean=("dice", "mean"), dice_std=("dice", "std"), n=("dice", "count"))
+
+
+def aubc(x: np.ndarray, y: np.ndarray) -> float:
+    """Area under the budget curve normalised to [0, 1]: trapezoid of y over x divided by (max x - min x).
+
+    Points are sorted by x; one point gives its y; NaN points are dropped.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) == 0:
+        return float("nan")
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    if x[-1] == x[0]:
+        return float(y.mean())
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def _summary(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    return frame.groupby("strategy", as_index=False).agg(mean=(value, "mean"), std=(value, "std"), n=(value, "count"))
+
+
+def aubc_table(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
+    """AUBC per experiment over its labeled-fraction axis, then mean/std/n per strategy (full-label references,
+    a single point, are left out)."""
+    per = experiment_curves(results, label)
+    per = per[per["strategy"] != FULL]
+    values = [{"strategy": s, "aubc": aubc(g["labeled_fraction"], g["dice"])} for (_, s), g in
+              per.groupby(["experiment", "strategy"])]
+    return _summary(pd.DataFrame(values, columns=["strategy", "aubc"]), "aubc")
+
+
+def final_dice(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
+    """Dice of each experiment's last round, then mean/std/n per strategy, with the mean labeled slices."""
+    per = experiment_curves(results, label)
+    last = per.loc[per.groupby("experiment")["round"].idxmax()]
+    table = _summary(last, "dice")
+    return table.merge(last.groupby("strategy", as_index=False)["n_labeled"].mean(), on="strategy")
+
+
+# --- pairwise penalty matrix (Ash et al. 2020; Ji et al. 2023; the paper's Fig. 2D) ----------------------------
+
+
+@dataclass
+class PenaltyMatrix:
+    """``matrix.loc[i, j]``: fraction of budget steps at which strategy i is significantly better than j.
+    ``phi[j]``: column mean over all strategies (diagonal zero included), lower is better."""
+
+    matrix: pd.DataFrame
+    phi: pd.Series
+    steps: list[int]
+    correction: str | None
+    n_tests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def paired_test(d: np.ndarray) -> tuple[float, float] | None:
+    """Two-sided one-sample t-test of paired differences ``d`` against 0: ``(mean, p)``, or None when untestable.
+
+    Fewer than 2 pairs: None. All differences 0 (identical results): p = 1. All equal and non-zero (zero
+    variance, a constant margin): p = 0, i.e. significant.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return None
+    mean = float(d.mean())
+    if np.allclose(d, d[0], rtol=0.0, atol=1e-12):
+        return mean, (1.0 if abs(d[0]) <= 1e-12 else 0.0)
+    return mean, float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def penalty_matrix(results: pd.DataFrame, alpha: float = 0.05, correction: str | None = None,
+                   label: str = "mean", skip_initial: bool = True) -> PenaltyMatrix:
+    """Pairwise penalty matrix over budget steps (rounds) and repetitions matched by (fold, seed).
+
+    At each step and for each pair (i, j): the paired differences Dice_i - Dice_j go into :func:`paired_test`;
+    if p < alpha, the strategy with the larger mean gets 1/L added to its row (L: number of steps).
+    ``correction="holm"`` adjusts the p-values of all pairs tested at a step together (Holm). Round 0 (the shared
+    random initial set) is skipped unless ``skip_initial`` is False; full-label references are left out.
+    """
+    if correction not in (None, "holm"):
+        raise ValueError(f"correction must be None or 'holm', got {correction!r}")
+    per = experiment_curves(results, label)
+    per = per[per["strategy"] != FULL]
+    if skip_initial:
+        per = per[per["round"] > 0]
+    strategies = sorted(per["strategy"].unique())
+    steps = sorted(int(r) for r in per["round"].unique())
+    matrix = pd.DataFrame(0.0, index=pd.Index(strategies, name="better"), columns=pd.Index(strategies, name="worse"))
+    notes: list[str] = []
+    table = per.pivot_table(index=["round", "fold", "seed"], columns="strategy", values="dice", aggfunc="mean")
+    untested = n_tests = 0
+    for step in steps:
+        at = table.xs(step, level="round")
+        tests = []
+        for a, b in itertools.combinations(strategies, 2):
+            pair = at[[a, b]].dropna()
+            result = paired_test(pair[a].to_numpy() - pair[b].to_numpy())
+            if result is None:
+                untested += 1
+            else:
+                tests.append((a, b, *result))
+        if not tests:
+            continue
+        n_tests += len(tests)
+        p = np.array([t[3] for t in tests])
+        if correction == "holm":
+            p = holm(p)
+        for (a, b, mean, _), pv in zip(tests, p, strict=True):
+            if pv < alpha and mean != 0:
+                winner, loser = (a, b) if mean > 0 else (b, a)
+                matrix.loc[winner, loser] += 1.0 / len(steps)
+    if untested and not n_tests:
+        notes.append("Fewer than 2 repetitions (fold, seed) per strategy: no paired test is possible, P stays 0")
+    elif untested:
+        notes.append(f"{untested} (step, pair) comparisons had fewer than 2 matched repetitions (fold, seed): "
+                     "not tested, they add nothing to P")
+    phi = matrix.mean(axis=0).rename("phi")
+    return PenaltyMatrix(matrix, phi, steps, correction, n_tests, notes)
+
+
+# --- foreground efficiency (nnActive, Lüth et al.) --------------------------------------------------------------
+
+
+def fg_curve(x: np.ndarray, gamma: float, c: float, a: float, x0: float) -> np.ndarray:
+    """Dice(x) = c - a * exp(-gamma * (x - x0))."""
+    return c - a * np.exp(-gamma * (np.asarray(x, dtype=np.float64) - x0))
+
+
+@dataclass
+class FgEfficiency:
+    """Fitted FG-Eff curves: ``table`` has strategy, gamma, gamma_se, n (points); shared c, a, x0."""
+
+    table: pd.DataFrame
+    c: float
+    c_source: str
+    a: float
+    x0: float
+    points: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_gamma(points: pd.DataFrame, c: float | None, x0: float, y0: float) -> tuple[pd.DataFrame, float]:
+    """Fit gamma per strategy to ``points`` (strategy, x, dice) with the curve through (x0, y0).
+
+    With ``c`` given, a = c - y0 is fixed and one gamma per strategy is fitted (scipy curve_fit). Without, c is
+    fitted jointly, shared by all strategies and bounded to [max observed Dice, 1]. Returns (table, c).
+    """
+    groups = {s: g for s, g in points.groupby("strategy") if g["x"].nunique() >= 2}
+    rows = []
+    if not groups:
+        return pd.DataFrame(columns=["strategy", "gamma", "gamma_se", "n"]), float("nan") if c is None else c
+    if c is None:
+        names = sorted(groups)
+        xs = [groups[s]["x"].to_numpy() for s in names]
+        ys = [groups[s]["dice"].to_numpy() for s in names]
+        lo = max(float(np.max(np.concatenate(ys))), y0 + 1e-6)
+        if lo >= 1.0:
+            return pd.DataFrame(columns=["strategy", "gamma", "gamma_se", "n"]), float("nan")
+
+        def residual(theta: np.ndarray) -> np.ndarray:
+            return np.concatenate([fg_curve(x, g, theta[0], theta[0] - y0, x0) - y
+                                   for x, y, g in zip(xs, ys, theta[1:], strict=True)])
+
+        span = max(float(np.mean(np.concatenate(xs)) - x0), 1e-6)
+        start = np.array([min(lo + 0.5 * (1.0 - lo), 1.0 - 1e-9)] + [1.0 / span] * len(names))
+        bounds = ([lo] + [-np.inf] * len(names), [1.0] + [np.inf] * len(names))
+        fit = optimize.least_squares(residual, start, bounds=bounds)
+        se = _standard_errors(fit.jac, fit.fun, len(fit.x))
+        for k, s in enumerate(names):
+            rows.append({"strategy": s, "gamma": float(fit.x[1 + k]), "gamma_se": se[1 + k], "n": len(groups[s])})
+        return pd.DataFrame(rows), float(fit.x[0])
+    for s in sorted(groups):
+        g = groups[s]
+        x, y = g["x"].to_numpy(dtype=np.float64), g["dice"].to_numpy(dtype=np.float64)
+        span = max(float(np.mean(x) - x0), 1e-6)
+        try:
+            popt, pcov = optimize.curve_fit(lambda x, gamma: fg_curve(x, gamma, c, c - y0, x0), x, y,
+                                            p0=[1.0 / span], maxfev=10000)
+            gamma, se = float(popt[0]), float(np.sqrt(pcov[0, 0])) if np.isfinite(pcov[0, 0]) else np.nan
+        except (RuntimeError, ValueError):
+            gamma, se = np.nan, np.nan
+        rows.append({"strategy": s, "gamma": gamma, "gamma_se": se, "n": len(g)})
+    return pd.DataFrame(rows, columns=["strategy", "gamma", "gamma_se", "n"]), float(c)
+
+
+def _standard_errors(jac: np.ndarray, residuals: np.ndarray, n_params: int) -> np.ndarray:
+    dof = len(residuals) - n_params
+    if dof <= 0:
+        return np.full(n_params, np.nan)
+    try:
+        cov = np.linalg.pinv(jac.T @ jac) * float(residuals @ residuals) / dof
+    except np.linalg.LinAlgError:
+        return np.full(n_params, np.nan)
+    return np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+
+def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "mean") -> FgEfficiency:
+    """Foreground efficiency per strategy (nnActive): fit Dice(x) = c - a exp(-gamma (x - x0)).
+
+    x: fraction of the pool's foreground voxels that are annotated (``fg_fraction``), one point per (experiment,
+    round). x0, y0: mean x and Dice of round 0 over all AL experiments; a = c - y0. c: the given value, else the
+    mean final Dice of the ``full`` experiments, else fitted (see :func:`fit_gamma`).
+    """
+    per = experiment_curves(results, label)
+    notes: list[str] = []
+    full = per[per["strategy"] == FULL]
+    al = per[(per["strategy"] != FULL) & per["fg_fraction"].notna() & per["dice"].notna()]
+    c_source = "given"
+    if c is None and len(full):
+        c = float(full.loc[full.groupby("experiment")["round"].idxmax(), "dice"].mean())
+        c_source = "full-label experiments"
+    elif c is None:
+        c_source = "fitted (no full-label experiment)"
+    start = al[al["round"] == 0]
+    empty = pd.DataFrame(columns=["strategy", "gamma", "gamma_se", "n"])
+    if start.empty:
+        notes.append("No round-0 points with annotated-voxel counts: no fit")
+        return FgEfficiency(empty, np.nan if c is None else c, c_source, np.nan, np.nan, al, notes)
+    x0, y0 = float(start["fg_fraction"].mean()), float(start["dice"].mean())
+    if c is not None and c <= y0:
+        notes.append(f"c = {c:.4f} is not above the initial Dice {y0:.4f}: no fit")
+        return FgEfficiency(empty, c, c_source, c - y0, x0, al, notes)
+    points = al.rename(columns={"fg_fraction": "x"})[["strategy", "x", "dice"]]
+    table, c_fit = fit_gamma(points, c, x0, y0)
+    if c is None and np.isfinite(c_fit) and (c_fit >= 1.0 - 1e-6 or c_fit <= points["dice"].max() + 1e-6):
+        notes.append(f"The fitted c = {c_fit:.4f} lies on its bound [max observed Dice, 1]: the curves do not "
+                     "saturate yet, so gamma is only a rough summary; add a full-label experiment")
+    if table.empty:
+        notes.append("No strategy has points at 2 or more annotated-foreground fractions: no fit")
+    return FgEfficiency(table, c_fit, c_source, c_fit - y0, x0, al, notes)
+
+
+def correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson r and its two-sided p-value over the finite pairs; (nan, nan) below 3 pairs or for constant data."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    result = stats.pearsonr(x, y)
+    return float(result.statistic), float(result.pvalue)

@@ -1,0 +1,163 @@
+"""Gradient embeddings under pseudo labels: per-sample (one batched backward), BADGE's closed form.
+
+The per-sample loss is the mean over a slice's valid pixels of ``log p(y_hat | x)``, ``y_hat`` the argmax of the
+dropout-free prediction (the paper's ``log p_theta(y_bar | x)``; the mean instead of the sum keeps slices of
+different sizes comparable and cancels in cosine and Fisher-kernel similarities).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from nnal.backend.inference import set_dropout
+
+PARAMETER_GROUPS = ("bottleneck", "decoder", "network")
+
+
+def parameter_names(net: torch.nn.Module, group: str) -> list[str]:
+    """Trainable parameter names of a group: the bottleneck's last convolution, the decoder, or all."""
+    if group == "bottleneck":
+        convs = [n for n, m in net.encoder.stages[-1].named_modules() if isinstance(m, torch.nn.Conv2d)]
+        return [f"encoder.stages.{len(net.encoder.stages) - 1}.{convs[-1]}.weight"]
+    if group == "decoder":
+        return [n for n, p in net.named_parameters() if n.startswith("decoder.") and p.requires_grad]
+    if group == "network":
+        return [n for n, p in net.named_parameters() if p.requires_grad]
+    raise ValueError(f"unknown parameter group {group!r}; known: {', '.join(PARAMETER_GROUPS)}")
+
+
+def parameter_count(net: torch.nn.Module, names: Sequence[str]) -> int:
+    params = dict(net.named_parameters())
+    return int(sum(params[n].numel() for n in names))
+
+
+def pseudo_labels(net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Argmax of the dropout-free prediction, ``(B, H, W)``."""
+    set_dropout(net, False)
+    with torch.no_grad():
+        return net(batch).argmax(1)
+
+
+def per_sample_gradients(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str],
+                         index: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, d)`` gradients of each slice's mean log-likelihood w.r.t. the named parameters (flattened, in
+    ``names`` order), restricted to ``index`` when given.
+
+    One batched forward and backward of the summed per-slice losses: slices do not interact in nnU-Net's
+    networks (instance norm, no batch statistics), so each slice's share of a layer's gradient follows from
+    that layer's input and output gradient (the per-sample trick of Goodfellow 2015 / Opacus), for
+    Conv2d, ConvTranspose2d (kernel = stride) and affine InstanceNorm2d.
+    """
+    net.eval()
+    owners = _owners(net, names)
+    captured: dict[torch.nn.Module, list] = {m: [None, None] for m in {m for m, _ in owners.values()}}
+    hooks = []
+    # backward hooks cannot see through nnU-Net's in-place LeakyReLU: run it out of place meanwhile
+    inplace = [m for m in net.modules() if getattr(m, "inplace", False)]
+    for module in inplace:
+        module.inplace = False
+    for module in captured:
+        hooks.append(module.register_forward_hook(lambda m, i, o: captured[m].__setitem__(0, i[0].detach())))
+        hooks.append(module.register_full_backward_hook(
+            lambda m, gi, go: captured[m].__setitem__(1, go[0].detach())))
+    try:
+        with torch.enable_grad():
+            x = batch.detach().requires_grad_(True)  # full backward hooks need a graph input
+            logits = net(x).float()
+            labels = logits.detach().argmax(1)  # the pseudo label of the same (dropout-free) pass
+            logp = logits.log_softmax(1).gather(1, labels[:, None]).squeeze(1)
+            m = mask.to(logp.dtype)
+            ((logp * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)).sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        for module in inplace:
+            module.inplace = True
+        net.zero_grad(set_to_none=True)
+    parts = []
+    for name in names:
+        module, kind = owners[name]
+        a, g = captured[module]
+        if a is None or g is None:  # not on the forward path (deep-supervision heads when it is off): zero
+            size = getattr(module, kind).numel()
+            parts.append(torch.zeros(len(batch), size, dtype=torch.float32, device=batch.device))
+            continue
+        parts.append(_sample_grad(module, kind, a, g).reshape(len(batch), -1))
+    flat = torch.cat(parts, dim=1)
+    return flat if index is None else flat[:, index]
+
+
+def _owners(net: torch.nn.Module, names: Sequence[str]) -> dict[str, tuple[torch.nn.Module, str]]:
+    modules = dict(net.named_modules())
+    out = {}
+    for name in names:
+        path, kind = name.rsplit(".", 1)
+        module = modules[path]
+        if not isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d | torch.nn.InstanceNorm2d):
+            raise TypeError(f"per-sample gradients of {type(module).__name__} ({name}) are not supported")
+        if isinstance(module, torch.nn.ConvTranspose2d) and (module.kernel_size != module.stride
+                                                             or module.padding != (0, 0)):
+            raise TypeError(f"{name}: transposed convolution with kernel != stride is not supported")
+        out[name] = (module, kind)
+    return out
+
+
+def _sample_grad(module: torch.nn.Module, kind: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """One layer's per-sample gradient from its input ``a`` and output gradient ``g``."""
+    if kind == "bias" and not isinstance(module, torch.nn.InstanceNorm2d):
+        return g.sum((-2, -1))
+    if isinstance(module, torch.nn.Conv2d):
+        cols = torch.nn.functional.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
+        grad_w = torch.einsum("bop,bkp->bok", g.flatten(2), cols)  # (B, out, in*kh*kw)
+        return grad_w.reshape(len(a), *module.weight.shape)
+    if isinstance(module, torch.nn.ConvTranspose2d):
+        kh, kw = module.kernel_size
+        b, o, hh, ww = g.shape
+        g6 = g.reshape(b, o, hh // kh, kh, ww // kw, kw)
+        return torch.einsum("bihw,bohkwl->biokl", a, g6)
+    # affine instance norm: y = gamma * x_hat + beta
+    if kind == "bias":
+        return g.sum((-2, -1))
+    mean = a.mean((-2, -1), keepdim=True)
+    var = a.var((-2, -1), unbiased=False, keepdim=True)
+    return (g * (a - mean) / torch.sqrt(var + module.eps)).sum((-2, -1))
+
+
+def per_sample_gradients_loop(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str]
+                              ) -> torch.Tensor:
+    """Reference: the same gradients with one autograd backward per slice (tests and benchmarks only)."""
+    net.eval()
+    labels = pseudo_labels(net, batch)
+    params = dict(net.named_parameters())
+    rows = []
+    for b in range(len(batch)):
+        net.zero_grad(set_to_none=True)
+        logp = net(batch[b:b + 1]).float().log_softmax(1).gather(1, labels[b][None, None]).squeeze(1)[0]
+        m = mask[b].to(logp.dtype)
+        ((logp * m).sum() / m.sum().clamp_min(1)).backward()
+        rows.append(torch.cat([torch.zeros(params[n].numel()) if params[n].grad is None
+                               else params[n].grad.reshape(-1) for n in names]))
+    net.zero_grad(set_to_none=True)
+    return torch.stack(rows)
+
+
+def head_gradient_embeddings(features: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BADGE(LL) embeddings in closed form: the gradient of the mean pixel cross-entropy under the pseudo label
+    w.r.t. the 1x1 segmentation head, ``mean_pixels (p - onehot(argmax p)) f^T`` plus the bias part ``(p - onehot)``.
+
+    features ``(B, F, H, W)`` (the head's input), probs ``(B, C, H, W)``; returns ``(B, C*F + C)``.
+    """
+    onehot = torch.zeros_like(probs).scatter_(1, probs.argmax(1, keepdim=True), 1.0)
+    m = mask.to(probs.dtype)[:, None]
+    err = (probs - onehot) * m
+    denom = m.sum((-2, -1)).clamp_min(1)  # (B, 1)
+    weight = torch.einsum("bchw,bfhw->bcf", err, features.to(probs.dtype)) / denom[..., None]
+    bias = err.sum((-2, -1)) / denom
+    return torch.cat([weight.flatten(1), bias], dim=1)
+
+
+def as_index(index: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
+    return None if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long, device=device)
