@@ -150,3 +150,37 @@ def test_every_strategy_runs_two_real_rounds(strategy, bald_run, mini_hippocampu
     if strategy.startswith("usim"):
         assert scores["grad_embeddings"].shape == (len(scores["ids"]), 500)
         assert scores["query"].max() < len(scores["ids"])
+
+
+def test_full_reference_trains_on_every_pool_slice(bald_run, mini_hippocampus, nnunet_cache, tmp_path):
+    out = tmp_path / "full"
+    run_experiment(tiny_config(mini_hippocampus, "full"), out, cache=nnunet_cache, progress=False)
+    results = pd.read_csv(out / "results.csv")
+    pool = pd.read_csv(out / "pool.csv")
+    assert results["round"].unique().tolist() == [0]
+    assert results["n_labeled"].unique().tolist() == [len(pool)]
+
+
+def test_report_cli_on_real_experiments_draws_the_prediction_figures(bald_run, mini_hippocampus, nnunet_cache,
+                                                                     tmp_path):
+    usimc = tmp_path / "usimc"
+    run_experiment(tiny_config(mini_hippocampus, "usimc", strategy_options={"embedding_dim": 300}), usimc,
+                   cache=nnunet_cache, share_round0=bald_run, progress=False)
+    result = CliRunner().invoke(app, ["report", str(bald_run), str(usimc), "--output", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    figures = {p.stem for p in (tmp_path / "rep" / "figures").glob("*.png")}
+    assert {"learning_curves", "correlation", "embedding", "segmentations"} <= figures, figures
+    assert (tmp_path / "rep" / "index.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("content", [None, "", "experiment,strategy\nx,y\n", "not,a,csv\n\x00\x01"])
+def test_report_cli_rejects_bad_folders_with_exit_2(tmp_path, content):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    if content is not None:
+        (folder / "config.yaml").write_text("dataset: x\nstrategy: random\n")
+        (folder / "results.csv").write_text(content)
+    result = CliRunner().invoke(app, ["report", str(folder), "--output", str(tmp_path / "rep")])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(folder) in lines[0]

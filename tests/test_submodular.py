@@ -9,8 +9,21 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from nnal import submodular
 from nnal.bench import similarity_matrix
 from nnal.submodular import flqmi_greedy, flqmi_objective, flqmi_stochastic_greedy, shift_nonnegative
+
+HAVE_NUMBA = submodular._kernel() is not None
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the numba kernel and with the numpy fallback."""
+    if request.param == "numba" and not HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setitem(submodular._STATE, "force_numpy", request.param == "numpy")
+    assert submodular.backend() == request.param
+    return request.param
 
 
 def _rand(n: int, q: int, seed: int, low: float = 0.0) -> np.ndarray:
@@ -79,7 +92,7 @@ def _submodlib_naive(S: np.ndarray, budget: int, eta: float) -> tuple[list[int],
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0, 10.0])
 @pytest.mark.parametrize(("n", "q", "low"), [(60, 60, 0.0), (200, 17, 0.0), (25, 90, 0.0), (150, 40, -0.4)])
-def test_greedy_matches_submodlib_naive_greedy(eta: float, n: int, q: int, low: float) -> None:
+def test_greedy_matches_submodlib_naive_greedy(eta: float, n: int, q: int, low: float, backend: str) -> None:
     S = _rand(n, q, seed=n * 1000 + q, low=low)
     budget = min(n - 1, 30)
     ref, ref_gains, ref_obj = _submodlib_naive(S, budget, eta)
@@ -97,13 +110,13 @@ def test_greedy_matches_submodlib_naive_greedy(eta: float, n: int, q: int, low: 
         np.array([[1, 0], [0, 1], [1, 0], [0, 1], [0.5, 0.5]], np.float32),
     ],
 )
-def test_greedy_ties_match_submodlib(S: np.ndarray) -> None:
+def test_greedy_ties_match_submodlib(S: np.ndarray, backend: str) -> None:
     budget = min(S.shape[0] - 1, 6)
     assert flqmi_greedy(S, budget, 0.0).tolist() == _submodlib_naive(S, budget, 0.0)[0]
     assert flqmi_greedy(S, budget, 1.0).tolist() == _submodlib_naive(S, budget, 1.0)[0]
 
 
-def test_greedy_ties_go_to_highest_index() -> None:
+def test_greedy_ties_go_to_highest_index(backend: str) -> None:
     assert flqmi_greedy(np.ones((7, 3), np.float32), 3).tolist() == [6, 5, 4]
     S = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [0.5, 0.5]], np.float32)
     assert flqmi_greedy(S, 4, eta=0.0).tolist() == [4, 3, 2, 1]
@@ -132,7 +145,7 @@ def test_greedy_gains_are_the_marginal_objective_increments() -> None:
         assert vals[k + 1] == pytest.approx(best, rel=1e-6)
 
 
-def test_budget_zero_and_all_rows() -> None:
+def test_budget_zero_and_all_rows(backend: str) -> None:
     S = _rand(12, 5, 1)
     assert flqmi_greedy(S, 0).size == 0
     assert flqmi_stochastic_greedy(S, 0, np.random.default_rng(0)).size == 0
@@ -140,7 +153,7 @@ def test_budget_zero_and_all_rows() -> None:
     assert sorted(flqmi_stochastic_greedy(S, 12, np.random.default_rng(0)).tolist()) == list(range(12))
 
 
-def test_dtypes_and_layouts() -> None:
+def test_dtypes_and_layouts(backend: str) -> None:
     S = _rand(300, 20, 2)
     ref = flqmi_greedy(S, 10).tolist()
     assert flqmi_greedy(np.asfortranarray(S), 10).tolist() == ref
@@ -155,13 +168,15 @@ def test_dtypes_and_layouts() -> None:
 @pytest.mark.parametrize(
     ("n", "q", "budget", "eta", "eps"), [(400, 60, 20, 1.0, 0.01), (1000, 35, 50, 0.0, 0.1), (300, 300, 10, 10.0, 0.5)]
 )
-def test_stochastic_is_exact_argmax_over_its_samples(n: int, q: int, budget: int, eta: float, eps: float) -> None:
+def test_stochastic_is_exact_argmax_over_its_samples(
+    n: int, q: int, budget: int, eta: float, eps: float, backend: str
+) -> None:
     S = similarity_matrix(n, q, seed=n + q, volumes=8).astype(np.float64)
     ours = flqmi_stochastic_greedy(S, budget, np.random.default_rng(7), eta, eps)
     assert ours.tolist() == _naive_stochastic(S, budget, np.random.default_rng(7), eta, eps)
 
 
-def test_stochastic_with_full_samples_is_exact_greedy() -> None:
+def test_stochastic_with_full_samples_is_exact_greedy(backend: str) -> None:
     S = _rand(200, 30, 4)
     eps = math.exp(-6)  # sample size ceil(200 / 5 * 6) >= 200: every step sees every row left
     assert flqmi_stochastic_greedy(S, 5, np.random.default_rng(0), epsilon=eps).tolist() == flqmi_greedy(S, 5).tolist()
@@ -187,7 +202,7 @@ def test_stochastic_determinism() -> None:
     assert len(set(a.tolist())) == 30
 
 
-def test_no_large_temporaries() -> None:
+def test_no_large_temporaries(backend: str) -> None:
     S = similarity_matrix(20000, 400, seed=0, volumes=50)  # 32 MB
     for run in (lambda: flqmi_stochastic_greedy(S, 50, np.random.default_rng(0)), lambda: flqmi_greedy(S, 50)):
         tracemalloc.start()
@@ -241,7 +256,7 @@ def test_shift_keeps_greedy_picks_of_nonnegative_matrices() -> None:
         (np.ones((3, 2)), 1, float("nan"), "eta"),
     ],
 )
-def test_validation(S: np.ndarray, budget: object, eta: float, match: str) -> None:
+def test_validation(S: np.ndarray, budget: object, eta: float, match: str, backend: str) -> None:
     with pytest.raises(ValueError, match=match):
         flqmi_greedy(S, budget, eta)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=match):
@@ -266,23 +281,85 @@ def test_validation_of_the_other_arguments() -> None:
         shift_nonnegative(np.array([[np.nan, 1.0]]))
 
 
-# ------------------------------------------------------------------------------------------------------- bench
-
-
-def test_bench_smoke() -> None:
-    from nnal.bench import bench_selection, format_bench
-
-    with pytest.raises(ValueError, match="unknown scale"):
-        bench_selection("spleen")
-    res = bench_selection("hippocampus", with_submodlib=False)
-    assert (res["n"], res["q"], res["budget"]) == (7662, 942, 100)
-    assert res["seconds"] > 0 and res["exact_seconds"] > 0 and res["peak_rss_mb"] > res["s_size_mb"]
-    assert 0.99 <= res["objective_ratio"] <= 1.01
-    assert res["submodlib_seconds"] is None and "skipped" in res["submodlib_error"]
-    assert "ours stochastic greedy" in format_bench(res)
-
-
 def test_shift_inplace_needs_a_float_array() -> None:
     with pytest.raises(ValueError, match="inplace"):
         shift_nonnegative(np.array([[1, 2], [3, 4]]), inplace=True)
     np.testing.assert_array_equal(shift_nonnegative(np.array([[1, 2], [3, 4]])), [[0, 1], [2, 3]])
+
+
+# ------------------------------------------------------------------------------------- backends, threads, checks
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "q"), [(1500, 300), (900, 33), (400, 7), (600, 64), (700, 1000)])
+def test_backends_give_identical_gains_and_picks(n: int, q: int, dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    S = similarity_matrix(n, q, seed=n + q, volumes=12).astype(dtype)
+    got = {}
+    for force_numpy in (False, True):
+        monkeypatch.setitem(submodular._STATE, "force_numpy", force_numpy)
+        gains = []
+        for exact in (True, False):
+            ev = submodular._Gains(S, 1.0, 1, exact)
+            ev.evaluate(np.arange(n), None, True, -1.0, -1, 0)  # first reads
+            for j in (3, n // 2, n - 1):
+                ev.add(j)
+            rows = np.arange(0, n, 3)
+            ev.evaluate(rows, None, False, -1.0, -1, 1)  # re-reads
+            gains.append((ev.ub.copy(), ev.rowmax.copy()))
+        picks = [
+            flqmi_greedy(S, 20, eta).tolist() + flqmi_stochastic_greedy(S, 20, np.random.default_rng(3), eta).tolist()
+            for eta in (0.0, 1.0, 2.5)
+        ]
+        got[force_numpy] = (gains, picks)
+    (g_nb, p_nb), (g_np, p_np) = got[False], got[True]
+    assert p_nb == p_np
+    for (ub_a, mx_a), (ub_b, mx_b) in zip(g_nb, g_np, strict=True):
+        np.testing.assert_array_equal(ub_a, ub_b)  # bit for bit: the same operations in the same order
+        np.testing.assert_array_equal(mx_a, mx_b)
+
+
+def test_picks_do_not_depend_on_threads(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submodular, "_MIN_BYTES_PER_TASK", 1)  # split even small batches into many tasks
+    S = similarity_matrix(3000, 120, seed=4, volumes=30)
+    rng_picks = [flqmi_stochastic_greedy(S, 40, np.random.default_rng(5), threads=k).tolist() for k in (1, 2, 3)]
+    exact_picks = [flqmi_greedy(S, 40, threads=k).tolist() for k in (1, 2, 3)]
+    assert rng_picks[0] == rng_picks[1] == rng_picks[2]
+    assert exact_picks[0] == exact_picks[1] == exact_picks[2]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_entry_anywhere_is_rejected(bad: float, backend: str) -> None:
+    S = _rand(2000, 40, 6)
+    for row in (0, 1234, 1999):
+        T = S.copy()
+        T[row, 17] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            flqmi_greedy(T, 3)
+        # epsilon 0.5: samples of 14 rows, so about half of the rows are never read: checked at the end
+        for seed in range(3):
+            with pytest.raises(ValueError, match=f"non-finite values \\(row {row}\\)"):
+                flqmi_stochastic_greedy(T, 50, np.random.default_rng(seed), epsilon=0.5)
+
+
+def test_large_finite_entries_are_accepted(backend: str) -> None:
+    S = np.full((50, 70), 3e37, dtype=np.float32)  # row sums overflow float32: not a reason to reject
+    S[:, 0] = np.arange(50)
+    assert flqmi_stochastic_greedy(S, 3, np.random.default_rng(0), eta=0.0).size == 3
+    assert flqmi_greedy(S, 3, eta=0.0).size == 3
+
+
+def test_threads_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    S = np.ones((4, 3))
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="threads"):
+            flqmi_greedy(S, 2, threads=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="threads"):
+            flqmi_stochastic_greedy(S, 2, np.random.default_rng(0), threads=bad)  # type: ignore[arg-type]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert submodular._resolve_threads(None) == 3
+    assert submodular._resolve_threads(5) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert submodular._resolve_threads(None) >= 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert submodular._resolve_threads(None) >= 1

@@ -1,4 +1,4 @@
-"""``nnal demo``: Random against BALD on the bundled Hippocampus copy, in minutes on two CPU cores."""
+"""``nnal demo``: Random against USIMF on the bundled Hippocampus copy, in minutes on two CPU cores."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from nnal.analysis.extras import build_full_report
 from nnal.config import Config
 from nnal.loop import run_experiment
 from nnal.report_table import dice_table
 
 BUNDLED = Path(__file__).resolve().parents[2] / "data" / "Task04_Hippocampus"
-STRATEGIES = ("random", "bald")
+STRATEGIES = ("random", "usimf")
 
 
 def demo_config(strategy: str, dataset: Path = BUNDLED) -> Config:
-    """The demo's schedule: the cpu preset on a pool of 30 training cases, 10 test cases, 3 rounds, T=5."""
+    """The demo's schedule: the cpu preset on a pool of 25 training cases, 10 test cases, 3 rounds, T=5."""
     return Config(dataset=str(dataset), strategy=strategy, preset="cpu", rounds=3, initial=100, budget=100,
-                  pool_cases=30, test_cases=10, mc_passes=5, device="cpu")
+                  pool_cases=25, test_cases=10, mc_passes=5, device="cpu")
 
 
 def run_demo(output: Path, progress: bool = True) -> pd.DataFrame:
@@ -34,6 +35,8 @@ def run_demo(output: Path, progress: bool = True) -> pd.DataFrame:
         first = first or folder
     results = pd.concat(frames, ignore_index=True)
     results.to_csv(output / "results.csv", index=False)
+    page = build_full_report([output / s for s in STRATEGIES], output / "report")
     print(dice_table(results))
-    print(f"results: {output / 'results.csv'}  ({time.perf_counter() - start:.0f} s)")
+    print(f"results: {output / 'results.csv'}")
+    print(f"report:  {page}  ({time.perf_counter() - start:.0f} s in all)")
     return results

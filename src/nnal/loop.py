@@ -51,6 +51,8 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     """Run (or resume) an experiment in ``output``; return its results table."""
     config = config.resolved()
     strategy = get_strategy(config.strategy)
+    if strategy.name == "full":  # the full-label reference: one round on every pool slice, same schedule
+        config = dataclasses.replace(config, rounds=0)
     output = Path(output)
     config = _reconcile_config(config, output)
     dataset = load_dataset(config.dataset)
@@ -89,7 +91,8 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
                 t = time.perf_counter()
                 rng = np.random.default_rng(phase_seed(config.seed, r, "select"))
                 if r == 0:
-                    chosen = rng.choice(len(pool), size=min(config.initial, len(pool)), replace=False)
+                    size = len(pool) if strategy.name == "full" else min(config.initial, len(pool))
+                    chosen = rng.choice(len(pool), size=size, replace=False)
                     chosen_scores = np.full(len(chosen), np.nan)
                 else:
                     scores = dict(np.load(rdir / "scores.npz"))
@@ -157,7 +160,8 @@ def _write_environment(output: Path, backend: Backend) -> None:
     env = {"nnal": __version__, "git_commit": commit or None, "python": platform.python_version(),
            "torch": torch.__version__, "nnunetv2": version("nnunetv2"), "numpy": np.__version__,
            "device": str(backend.device), "device_name": torch.cuda.get_device_name(backend.device)
-           if backend.device.type == "cuda" else platform.processor() or "cpu", "argv": sys.argv}
+           if backend.device.type == "cuda" else platform.processor() or "cpu", "argv": sys.argv,
+           "nnunet_root": str(backend.root.resolve())}
     atomic_write_text(output / "environment.json", json.dumps(env, indent=1) + "\n")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +30,8 @@ __all__ = ["backend", "flqmi_greedy", "flqmi_objective", "flqmi_stochastic_greed
 _CHUNK_BYTES = 1 << 21  # numpy backend: rows of S are processed in blocks of about this size (fits in L2/L3)
 _EXACT_BATCH_MAX = 1 << 16  # exact greedy: most stale rows re-evaluated per round (rounds double from one chunk)
 _LANES = 32  # a gain is summed in float64 in 32 lanes (lane = column % 32, each in column order), then lane by lane
-_MIN_ROWS_PER_THREAD = 32  # smaller batches are not split between threads
+_MIN_BYTES_PER_TASK = 4 << 20  # with several threads, a batch is cut into tasks that read at least this much of S
+_PARTS_PER_THREAD = 4  # ... and into at most this many tasks per thread
 _STATE: dict[str, Any] = {"force_numpy": os.environ.get("NNAL_SUBMODULAR_BACKEND", "") == "numpy"}
 
 
@@ -88,7 +90,7 @@ def flqmi_greedy(S: np.ndarray, budget: int, eta: float = 1.0, *, threads: int |
     if budget == 0:
         return np.empty(0, dtype=np.int64)
     picks = np.empty(budget, dtype=np.int64)
-    with _Gains(S, eta, threads) as ev:
+    with _Gains(S, eta, threads, exact=True) as ev:
         ub, fresh = ev.ub, ev.fresh  # ub: exact gains at step 0, upper bounds afterwards; fresh: step of that gain
         ev.evaluate(np.arange(n, dtype=np.int64), None, True, -1.0, -1, 0)
         for t in range(budget):
@@ -146,7 +148,7 @@ def flqmi_stochastic_greedy(
     pool = np.arange(n, dtype=np.int64)  # rows not yet picked are pool[:left]
     where = np.arange(n, dtype=np.int64)  # position of each row in pool
     picks = np.empty(budget, dtype=np.int64)
-    with _Gains(S, eta, threads) as ev:
+    with _Gains(S, eta, threads, exact=False) as ev:
         ub = ev.ub  # inf: never read; -inf: picked
         for t in range(budget):
             left = n - t
@@ -161,7 +163,7 @@ def flqmi_stochastic_greedy(
             rest, bound = rest[keep], bound[keep]
             if rest.size:  # stale rows, highest bound first, until no bound can win
                 order = np.argsort(-bound, kind="stable")
-                best_g, best_j = ev.evaluate(rest[order], bound[order], False, best_g, best_j, t, parallel=False)
+                best_g, best_j = ev.evaluate(rest[order], bound[order], False, best_g, best_j, t, interleave=True)
             picks[t] = best_j
             ev.add(best_j)
             ub[best_j] = -np.inf
@@ -177,14 +179,14 @@ def flqmi_stochastic_greedy(
 class _Gains:
     """Exact marginal gains of rows of ``S`` against the running column maxima ``cur`` of the picks.
 
-    Holds per row: ``ub`` (the last gain computed, inf if the row was never read), ``fresh`` (the step of that gain),
-    ``rowmax`` (``max(0, max_i S[j, i])``, stored on the first read). The numba backend also keeps, per row, a bitmap
-    of the 32-column blocks that still held a positive term at the last read; as ``cur`` only grows, the other blocks
-    add exact zeros, so a re-read visits only the marked blocks and gives the same float64 sum, bit for bit, as a
-    full read. Both backends sum the same terms in the same order (``_LANES``), so their gains are identical.
+    Holds per row: ``ub`` (the last gain computed, inf if the row was never read), ``fresh`` (the step of that gain)
+    and ``rowmax`` (``max(0, max_i S[j, i])``, stored on the first read, which also checks the row is finite). A gain
+    is summed in 32 lanes (lane ``i % 32`` adds column ``i``'s positive term, in column order) in float64 for the
+    exact greedy and in ``S.dtype`` for the stochastic one, then the lanes in order in float64. The numba kernel and
+    numpy compute these same operations in the same order, so both backends give identical gains and picks.
     """
 
-    def __init__(self, S: np.ndarray, eta: float, threads: int) -> None:
+    def __init__(self, S: np.ndarray, eta: float, threads: int, exact: bool) -> None:
         n, q = S.shape
         self.S = S
         self.eta = S.dtype.type(eta)  # submodlib multiplies eta and the row maximum in float32
@@ -192,14 +194,13 @@ class _Gains:
         self.ub = np.full(n, np.inf)
         self.fresh = np.full(n, -1, dtype=np.int64)
         self.rowmax = np.zeros(n, dtype=S.dtype)
+        self.lanes = np.zeros(_LANES, dtype=np.float64 if exact else S.dtype)  # accumulator dtype
         self.rows_per_chunk = _chunk_rows(S)
         self.threads = threads
+        self.min_rows = max(1, _MIN_BYTES_PER_TASK // (q * S.itemsize))
         self.kernel = _kernel() if S.flags.c_contiguous and S.dtype in (np.float32, np.float64) else None
-        if self.kernel is not None:
-            self.mask = np.zeros((n, -(-q // (32 * _LANES))), dtype=np.uint32)  # bit per 32-column block
-        else:
-            self.bufs = [np.empty((self.rows_per_chunk, q), dtype=S.dtype) for _ in range(threads)]
-        self.executor = ThreadPoolExecutor(threads) if threads > 1 else None
+        self.local = threading.local()  # numpy backend: one buffer per thread
+        self.executor = ThreadPoolExecutor(threads - 1) if threads > 1 else None
 
     def __enter__(self) -> _Gains:
         return self
@@ -219,31 +220,29 @@ class _Gains:
         best_g: float,
         best_j: int,
         step: int,
-        parallel: bool = True,
         interleave: bool = False,
     ) -> tuple[float, int]:
         """Gains of ``rows`` into ``ub`` (``fresh`` := ``step``); returns the running (best gain, row), ties to the
         highest row. ``bound`` (None: no bound) holds upper bounds in decreasing order: a thread stops at the first
-        row whose bound is below the best gain it knows. ``first``: the rows were never read (check, store maxima)."""
+        row whose bound is below the best gain any thread has found. ``first``: the rows were never read.
+
+        With several threads, ``rows`` is cut into tasks, contiguous runs or, with ``interleave``, every k-th row (so
+        that all of them start at high bounds). Which rows are skipped may depend on timing; the best (gain, row)
+        does not, since a row is only skipped when it cannot win."""
         if bound is None:
             bound = np.full(rows.size, np.inf)
-        parts = self.threads if parallel and self.executor is not None else 1
-        parts = max(1, min(parts, rows.size // _MIN_ROWS_PER_THREAD))
-        if parts == 1:
+        parts = 1 if self.executor is None else min(_PARTS_PER_THREAD * self.threads, rows.size // self.min_rows)
+        if parts <= 1:
             slices = [(rows, bound)]
-        elif interleave:  # each thread gets rows of every bound level, so all of them prune alike
+        elif interleave:
             slices = [
                 (np.ascontiguousarray(rows[k::parts]), np.ascontiguousarray(bound[k::parts])) for k in range(parts)
             ]
         else:
             cuts = np.linspace(0, rows.size, parts + 1).astype(np.int64)
             slices = [(rows[a:b], bound[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-        args = [(r, b, first, best_g, best_j, step, k) for k, (r, b) in enumerate(slices)]
-        if len(args) == 1:
-            results = [self._part(*args[0])]
-        else:
-            assert self.executor is not None
-            results = [f.result() for f in [self.executor.submit(self._part, *a) for a in args]]
+        shared = np.array([best_g])  # best gain found so far by any thread (racy reads only make pruning weaker)
+        results = self._run([(r, b, first, best_g, best_j, step, shared) for r, b in slices])
         for (r, _), (bad, g, j) in zip(slices, results, strict=True):
             if bad >= 0:
                 raise ValueError(f"S contains non-finite values (row {int(r[bad])})")
@@ -251,29 +250,73 @@ class _Gains:
                 best_g, best_j = g, j
         return best_g, best_j
 
+    def _run(self, tasks: list[tuple]) -> list[tuple[int, float, int]]:
+        """Run :meth:`_part` on each task: this thread and ``threads - 1`` pool threads take tasks in turn, so a
+        thread slowed down (by another process on its core) just takes fewer of them."""
+        if len(tasks) == 1 or self.executor is None:
+            return [self._part(*t) for t in tasks]
+        results: list[Any] = [None] * len(tasks)
+        todo = iter(range(len(tasks)))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                results[i] = self._part(*tasks[i])
+
+        helpers = [self.executor.submit(work) for _ in range(min(self.threads, len(tasks)) - 1)]
+        try:
+            work()
+        finally:
+            for f in helpers:
+                f.result()
+        return results
+
     def _part(
-        self, rows: np.ndarray, bound: np.ndarray, first: bool, best_g: float, best_j: int, step: int, k: int
+        self,
+        rows: np.ndarray,
+        bound: np.ndarray,
+        first: bool,
+        best_g: float,
+        best_j: int,
+        step: int,
+        shared: np.ndarray,
     ) -> tuple[int, float, int]:
         """One thread's share: (position of a non-finite row or -1, best gain, its row)."""
         if self.kernel is not None:
             status, g, j = self.kernel(
-                self.S, rows, bound, self.cur, self.eta, first, best_g, best_j,
-                self.rowmax, self.mask, self.ub, self.fresh, step,
+                self.S, rows, bound, self.cur, self.eta, first, best_g, best_j, shared, self.lanes,
+                self.rowmax, self.ub, self.fresh, step,
             )  # fmt: skip
             return (-status - 1 if status < 0 else -1), float(g), int(j)
-        return self._numpy_part(rows, bound, first, best_g, best_j, step, self.bufs[k])
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = np.empty((self.rows_per_chunk, self.S.shape[1]), dtype=self.S.dtype)
+        return self._numpy_part(rows, bound, first, best_g, best_j, step, shared, buf)
 
     def _numpy_part(
-        self, rows: np.ndarray, bound: np.ndarray, first: bool, best_g: float, best_j: int, step: int, buf: np.ndarray
+        self,
+        rows: np.ndarray,
+        bound: np.ndarray,
+        first: bool,
+        best_g: float,
+        best_j: int,
+        step: int,
+        shared: np.ndarray,
+        buf: np.ndarray,
     ) -> tuple[int, float, int]:
         S, cur, step_rows = self.S, self.cur, self.rows_per_chunk
         for a in range(0, rows.size, step_rows):
-            if bound[a] < best_g:
+            floor = max(best_g, float(shared[0]))
+            if bound[a] < floor:
                 break
             idx, b = rows[a : a + step_rows], bound[a : a + step_rows]
-            idx = idx[b >= best_g]
+            idx = idx[b >= floor]
             res = buf[: idx.size]
-            if idx.size and int(idx[-1]) - int(idx[0]) == idx.size - 1 and bool(np.all(np.diff(idx) == 1)):
+            if int(idx[-1]) - int(idx[0]) == idx.size - 1 and bool(np.all(np.diff(idx) == 1)):
                 src = S[int(idx[0]) : int(idx[-1]) + 1]
             else:
                 src = res
@@ -283,20 +326,22 @@ class _Gains:
                 mx, mn = src.max(axis=1), src.min(axis=1)  # NaN propagates
                 ok = np.isfinite(mx) & np.isfinite(mn)
                 if not ok.all():
-                    return a + int(np.flatnonzero(b >= best_g)[np.argmin(ok)]), best_g, best_j
+                    return a + int(np.flatnonzero(b >= floor)[np.argmin(ok)]), best_g, best_j
                 self.rowmax[idx] = np.maximum(mx, 0)
             np.maximum(src, cur, out=res)
-            np.subtract(res, cur, out=res)  # the float32 terms submodlib computes
-            g = _lane_sums(res)
+            np.subtract(res, cur, out=res)  # the float terms submodlib computes
+            g = _lane_sums(res, self.lanes.dtype)
             if self.eta != 0:
                 g += self.eta * self.rowmax[idx]
             self.ub[idx] = g
             self.fresh[idx] = step
             best_g, best_j = _better(g, idx, best_g, best_j)
+            if best_g > shared[0]:
+                shared[0] = best_g
         return -1, best_g, best_j
 
     def check_unread(self) -> None:
-        """Raise if a row never read holds a non-finite value (a NaN anywhere in ``S`` is an error)."""
+        """Raise if a row never read holds a non-finite value: a NaN anywhere in ``S`` is an error."""
         rows = np.flatnonzero(self.ub == np.inf)
         for a in range(0, rows.size, self.rows_per_chunk):
             idx = rows[a : a + self.rows_per_chunk]
@@ -305,18 +350,18 @@ class _Gains:
                 raise ValueError(f"S contains non-finite values (row {int(idx[np.argmin(ok)])})")
 
 
-def _lane_sums(res: np.ndarray) -> np.ndarray:
-    """float64 row sums of ``res`` in the kernel's order: lane ``l`` adds columns ``l, l + 32, ...`` in turn (numpy
-    reduces a non-contiguous axis element by element), then the 32 lanes are added in order."""
+def _lane_sums(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Row sums of ``res`` in the kernel's order: lane ``l`` adds columns ``l, l + 32, ...`` in turn in ``dtype``
+    (numpy reduces a non-contiguous axis element by element), then the 32 lanes are added in order in float64."""
     m, q = res.shape
     full = q - q % _LANES
     if full:
-        lanes = res[:, :full].reshape(m, full // _LANES, _LANES).sum(axis=1, dtype=np.float64)
+        lanes = res[:, :full].reshape(m, full // _LANES, _LANES).sum(axis=1, dtype=dtype)
     else:
-        lanes = np.zeros((m, _LANES))
+        lanes = np.zeros((m, _LANES), dtype=dtype)
     if full < q:
         lanes[:, : q - full] += res[:, full:]
-    g = lanes[:, 0].copy()
+    g = lanes[:, 0].astype(np.float64)
     for lane in range(1, _LANES):
         g += lanes[:, lane]
     return g
@@ -341,98 +386,111 @@ def _argmax_last(g: np.ndarray) -> int:
 # ----------------------------------------------------------------------------------------------- numba kernel
 
 
-def _nb_eval(S, rows, bound, cur, eta, first, best_g, best_j, rowmax, mask, ub, fresh, step):  # noqa: ANN001, ANN202
+def _nb_eval(S, rows, bound, cur, eta, first, best_g, best_j, shared, lanes, rowmax, ub, fresh, step):  # noqa: ANN001, ANN202
     """Numba kernel (compiled by :func:`_kernel`): gains of ``rows`` in order, stopping at the first row whose bound
-    is below the best gain; returns (rows evaluated, or -1 - position of a non-finite row; best gain; its row).
+    is below the best gain known (``best_g``, or ``shared[0]``, which threads raise as they go); returns (rows
+    evaluated, or -1 - position of a non-finite row; best gain; its row).
 
-    The float64 sum runs in 32 lanes, lane ``i % 32`` adding column ``i``'s term ``S[j, i] - cur[i]`` (the float32
-    operation submodlib does) when it is positive, in column order; then the lanes in order, then ``eta * rowmax``.
-    Inner loops run over the 32 lanes, so LLVM vectorises them without reassociating any sum. ``mask[j]`` marks the
-    32-column blocks that held a positive term at the last read of row ``j``.
+    Lane ``i % 32`` adds column ``i``'s term ``S[j, i] - cur[i]`` (the float operation submodlib does) when it is
+    positive, in column order, in ``lanes.dtype``; then the lanes are added in order in float64, then
+    ``eta * rowmax``. The inner loops run over the 32 lanes, so LLVM vectorises them without reassociating any sum.
+    Rows go in pairs, read side by side (two memory streams are faster than one); a lone row is paired with itself.
     """
     q = S.shape[1]
     nsup = q // 32
-    nwords = mask.shape[1]
-    acc = np.zeros(32)
-    mx = np.empty(32, dtype=S.dtype)
-    rs = np.empty(32, dtype=S.dtype)
+    tail = 32 * nsup
+    zero = eta - eta
+    a1 = np.zeros_like(lanes)
+    a2 = np.zeros_like(lanes)
+    m1 = np.empty(32, dtype=S.dtype)
+    m2 = np.empty(32, dtype=S.dtype)
+    z1 = np.empty(32, dtype=S.dtype)
+    z2 = np.empty(32, dtype=S.dtype)
     done = 0
-    for r in range(rows.size):
-        if bound[r] < best_g:
+    r = 0
+    while r < rows.size:
+        floor = max(best_g, shared[0])
+        if bound[r] < floor:
             break
-        j = rows[r]
-        row = S[j]
-        bits = mask[j]
-        acc[:] = 0.0
-        if first:  # every column; also the row maximum (NaN-propagating) and the row sum (for the finite check)
-            mx[:] = row[0]
-            rs[:] = 0
-            bits[:] = 0
+        j1 = rows[r]
+        j2 = j1
+        if r + 1 < rows.size and bound[r + 1] >= floor:
+            j2 = rows[r + 1]
+        row1 = S[j1]
+        row2 = S[j2]
+        a1[:] = 0
+        a2[:] = 0
+        if first:  # also the row maxima (NaN-propagating) and the row sums (for the finite check)
+            m1[:] = row1[0]
+            m2[:] = row2[0]
+            z1[:] = 0
+            z2[:] = 0
             for k in range(nsup):
                 base = 32 * k
-                c = 0
                 for lane in range(32):
-                    s = row[base + lane]
+                    s = row1[base + lane]
                     t = s - cur[base + lane]
-                    acc[lane] += t if t > 0 else 0.0
-                    c += 1 if t > 0 else 0
-                    mx[lane] = np.maximum(mx[lane], s)
-                    rs[lane] += s
-                if c > 0:
-                    bits[k >> 5] |= 1 << (k & 31)
-            c = 0
-            for i in range(32 * nsup, q):
-                s = row[i]
+                    a1[lane] += t if t > 0 else zero
+                    m1[lane] = np.maximum(m1[lane], s)
+                    z1[lane] += s
+                for lane in range(32):
+                    s = row2[base + lane]
+                    t = s - cur[base + lane]
+                    a2[lane] += t if t > 0 else zero
+                    m2[lane] = np.maximum(m2[lane], s)
+                    z2[lane] += s
+            for i in range(tail, q):
+                s = row1[i]
                 t = s - cur[i]
-                acc[i - 32 * nsup] += t if t > 0 else 0.0
-                c += 1 if t > 0 else 0
-                mx[i - 32 * nsup] = np.maximum(mx[i - 32 * nsup], s)
-                rs[i - 32 * nsup] += s
-            if c > 0:
-                bits[nsup >> 5] |= 1 << (nsup & 31)
-            m = mx[0]
-            z = rs[0]
-            for lane in range(1, 32):
-                m = np.maximum(m, mx[lane])
-                z += rs[lane]
-            if not (m - m == 0 and z - z == 0):  # NaN or inf, or a finite row whose float sum overflowed
-                for i in range(q):
-                    if not row[i] - row[i] == 0:
-                        return -1 - r, best_g, best_j
-            rowmax[j] = m if m > 0 else 0
-        else:  # only the marked blocks: the others add exact zeros, as cur never decreases
-            for w in range(nwords):
-                word = np.int64(bits[w])
-                if word == 0:
-                    continue
-                keep = 0
-                for bit in range(32):
-                    if (word >> bit) & 1:
-                        base = 32 * (32 * w + bit)
-                        c = 0
-                        if base + 32 <= q:
-                            for lane in range(32):
-                                t = row[base + lane] - cur[base + lane]
-                                acc[lane] += t if t > 0 else 0.0
-                                c += 1 if t > 0 else 0
-                        else:
-                            for i in range(base, q):
-                                t = row[i] - cur[i]
-                                acc[i - base] += t if t > 0 else 0.0
-                                c += 1 if t > 0 else 0
-                        if c > 0:
-                            keep |= 1 << bit
-                bits[w] = keep
-        g = 0.0
-        for lane in range(32):
-            g += acc[lane]
-        g += eta * rowmax[j]
-        ub[j] = g
-        fresh[j] = step
-        if g > best_g or (g == best_g and j > best_j):
-            best_g = g
-            best_j = j
-        done += 1
+                a1[i - tail] += t if t > 0 else zero
+                m1[i - tail] = np.maximum(m1[i - tail], s)
+                z1[i - tail] += s
+                s = row2[i]
+                t = s - cur[i]
+                a2[i - tail] += t if t > 0 else zero
+                m2[i - tail] = np.maximum(m2[i - tail], s)
+                z2[i - tail] += s
+            for w in range(2):
+                m = m1[0] if w == 0 else m2[0]
+                z = z1[0] if w == 0 else z2[0]
+                for lane in range(1, 32):
+                    m = np.maximum(m, m1[lane] if w == 0 else m2[lane])
+                    z += z1[lane] if w == 0 else z2[lane]
+                row = row1 if w == 0 else row2
+                if not (m - m == 0 and z - z == 0):  # NaN or inf, or a finite row whose float sum overflowed
+                    for i in range(q):
+                        if not row[i] - row[i] == 0:
+                            return -1 - r - w, best_g, best_j
+                rowmax[j1 if w == 0 else j2] = m if m > 0 else zero
+        else:
+            for k in range(nsup):
+                base = 32 * k
+                for lane in range(32):
+                    t = row1[base + lane] - cur[base + lane]
+                    a1[lane] += t if t > 0 else zero
+                for lane in range(32):
+                    t = row2[base + lane] - cur[base + lane]
+                    a2[lane] += t if t > 0 else zero
+            for i in range(tail, q):
+                t = row1[i] - cur[i]
+                a1[i - tail] += t if t > 0 else zero
+                t = row2[i] - cur[i]
+                a2[i - tail] += t if t > 0 else zero
+        for w in range(2 if j2 != j1 else 1):
+            j = j1 if w == 0 else j2
+            g = 0.0
+            for lane in range(32):
+                g += a1[lane] if w == 0 else a2[lane]
+            g += eta * rowmax[j]
+            ub[j] = g
+            fresh[j] = step
+            if g > best_g or (g == best_g and j > best_j):
+                best_g = g
+                best_j = j
+                if g > shared[0]:
+                    shared[0] = g
+            done += 1
+        r += 2 if j2 != j1 else 1
     return done, best_g, best_j
 
 

@@ -44,7 +44,7 @@ def pseudo_labels(net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 def per_sample_gradients(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str],
                          index: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, d)`` gradients of each slice's mean log-likelihood w.r.t. the named parameters (flattened, in
-    ``names`` order), restricted to ``index`` when given.
+    ``names`` order), restricted to ``index`` (sorted positions in that flattening) when given.
 
     One batched forward and backward of the summed per-slice losses: slices do not interact in nnU-Net's
     networks (instance norm, no batch statistics), so each slice's share of a layer's gradient follows from
@@ -54,40 +54,52 @@ def per_sample_gradients(net: torch.nn.Module, batch: torch.Tensor, mask: torch.
     net.eval()
     owners = _owners(net, names)
     captured: dict[torch.nn.Module, list] = {m: [None, None] for m in {m for m, _ in owners.values()}}
-    hooks = []
-    # backward hooks cannot see through nnU-Net's in-place LeakyReLU: run it out of place meanwhile
+
+    def on_forward(module, inputs, output):
+        captured[module][0] = inputs[0].detach()
+        output.register_hook(lambda g: captured[module].__setitem__(1, g.detach()))
+
+    hooks = [module.register_forward_hook(on_forward) for module in captured]
+    # nnU-Net's LeakyReLU runs in place, which would overwrite the outputs whose gradients are captured
     inplace = [m for m in net.modules() if getattr(m, "inplace", False)]
     for module in inplace:
         module.inplace = False
-    for module in captured:
-        hooks.append(module.register_forward_hook(lambda m, i, o: captured[m].__setitem__(0, i[0].detach())))
-        hooks.append(module.register_full_backward_hook(
-            lambda m, gi, go: captured[m].__setitem__(1, go[0].detach())))
+    params = dict(net.named_parameters())
     try:
         with torch.enable_grad():
-            x = batch.detach().requires_grad_(True)  # full backward hooks need a graph input
-            logits = net(x).float()
+            logits = net(batch).float()
             labels = logits.detach().argmax(1)  # the pseudo label of the same (dropout-free) pass
             logp = logits.log_softmax(1).gather(1, labels[:, None]).squeeze(1)
             m = mask.to(logp.dtype)
-            ((logp * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)).sum().backward()
+            total = ((logp * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)).sum()
+            # only the paths to the requested parameters are differentiated (no encoder pass for "decoder")
+            torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
     finally:
         for h in hooks:
             h.remove()
         for module in inplace:
             module.inplace = True
-        net.zero_grad(set_to_none=True)
-    parts = []
+    wanted = None if index is None else index.to("cpu").numpy()
+    parts, offset = [], 0
     for name in names:
         module, kind = owners[name]
+        size = getattr(module, kind).numel()
+        cols = None
+        if wanted is not None:  # gather per parameter: the (B, all parameters) matrix is never built
+            lo, hi = np.searchsorted(wanted, [offset, offset + size])
+            cols = torch.as_tensor(wanted[lo:hi] - offset, device=batch.device)
+            offset += size
+            if len(cols) == 0:
+                continue
+        else:
+            offset += size
         a, g = captured[module]
         if a is None or g is None:  # not on the forward path (deep-supervision heads when it is off): zero
-            size = getattr(module, kind).numel()
-            parts.append(torch.zeros(len(batch), size, dtype=torch.float32, device=batch.device))
-            continue
-        parts.append(_sample_grad(module, kind, a, g).reshape(len(batch), -1))
-    flat = torch.cat(parts, dim=1)
-    return flat if index is None else flat[:, index]
+            grad = torch.zeros(len(batch), size, dtype=torch.float32, device=batch.device)
+        else:
+            grad = _sample_grad(module, kind, a, g).reshape(len(batch), -1)
+        parts.append(grad if cols is None else grad[:, cols])
+    return torch.cat(parts, dim=1)
 
 
 def _owners(net: torch.nn.Module, names: Sequence[str]) -> dict[str, tuple[torch.nn.Module, str]]:
@@ -157,7 +169,3 @@ def head_gradient_embeddings(features: torch.Tensor, probs: torch.Tensor, mask: 
     weight = torch.einsum("bchw,bfhw->bcf", err, features.to(probs.dtype)) / denom[..., None]
     bias = err.sum((-2, -1)) / denom
     return torch.cat([weight.flatten(1), bias], dim=1)
-
-
-def as_index(index: np.ndarray | None, device: torch.device) -> torch.Tensor | None:
-    return None if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long, device=device)

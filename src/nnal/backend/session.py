@@ -47,6 +47,33 @@ class Backend:
         self.folder = planning.preprocessed_dir(self.root, self.folder_name, self.plans)
         self.labels = sorted(int(v) for v in self.dataset_json["labels"].values())
 
+    @classmethod
+    def reopen(cls, root: Path, device: str = "cpu") -> Backend:
+        """An existing planned and preprocessed cache (``environment.json``'s ``nnunet_root``), for inference."""
+        self = cls.__new__(cls)
+        set_threads()
+        self.device = resolve_device(device)
+        self.root = Path(root)
+        plans_files = sorted(self.root.glob(f"preprocessed/*/{planning.PLANS}.json"))
+        if not plans_files:
+            raise FileNotFoundError(f"{self.root}: no nnU-Net plans (was the experiment's cache removed?)")
+        pre = plans_files[0].parent
+        self.folder_name = pre.name
+        self.plans = json.loads(plans_files[0].read_text())
+        self.dataset_json = json.loads((pre / "dataset.json").read_text())
+        self.splits = json.loads((pre / "splits_final.json").read_text())
+        self.folder = planning.preprocessed_dir(self.root, self.folder_name, self.plans)
+        self.labels = sorted(int(v) for v in self.dataset_json["labels"].values())
+        return self
+
+    def predict_slices(self, weights: Mapping[str, torch.Tensor], case: str, slices: np.ndarray,
+                       batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``(n, y, x)`` (first channel), ground truth and argmax prediction of some slices of a case."""
+        net = self.network(weights)
+        data, truth = inference.load_volume(self.folder, case)
+        pred = inference.predict_volume(net, data[:, np.asarray(slices)], self.plans, batch_size, self.device)
+        return data[0, slices], truth[slices], pred
+
     @property
     def planned_batch_size(self) -> int:
         return int(self.plans["configurations"][planning.CONFIGURATION]["batch_size"])

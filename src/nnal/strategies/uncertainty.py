@@ -23,6 +23,12 @@ def _ranking(key: str):
 entropy_select = _ranking("entropy")
 bald_select = _ranking("bald")
 
+def full_select(scores: Scores, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Every slice: the full-label reference (the loop runs it as one round on the whole pool)."""
+    return np.asarray(scores["ids"])[:budget]
+
+
 register(Strategy("random", random_select))
+register(Strategy("full", full_select))
 register(Strategy("entropy", entropy_select, needs=("entropy",), score_key="entropy"))
 register(Strategy("bald", bald_select, needs=("bald",), mc_dropout=True, score_key="bald"))
