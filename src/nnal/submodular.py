@@ -29,7 +29,7 @@ __all__ = ["backend", "flqmi_greedy", "flqmi_objective", "flqmi_stochastic_greed
 
 _CHUNK_BYTES = 1 << 21  # numpy backend: rows of S are processed in blocks of about this size (fits in L2/L3)
 _EXACT_BATCH_MAX = 1 << 16  # exact greedy: most stale rows re-evaluated per round (rounds double from one chunk)
-_LANES = 32  # a gain is summed in float64 in 32 lanes (lane = column % 32, each in column order), then lane by lane
+_LANES = 32  # a gain is summed in 32 lanes (lane = column % 32, each in column order), then lane by lane
 _MIN_BYTES_PER_TASK = 4 << 20  # with several threads, a batch is cut into tasks that read at least this much of S
 _PARTS_PER_THREAD = 4  # ... and into at most this many tasks per thread
 _STATE: dict[str, Any] = {"force_numpy": os.environ.get("NNAL_SUBMODULAR_BACKEND", "") == "numpy"}

@@ -34,13 +34,19 @@ def _rounds(folder: Path) -> list[int]:
     return sorted(int(p.parent.name[6:]) for p in folder.glob("round_*/checkpoint.pt"))
 
 
-def embedding_extras(folder: Path, extras: ReportExtras, max_points: int = 1500, seed: int = 0) -> bool:
-    """Fig. 3: round 1's gradient embeddings, unlabeled / query / selected, sized by uncertainty."""
+def _first_round_scores(folder: Path, key: str):
+    """Round 1's ``scores.npz`` when it holds ``key`` (the first selection made by a trained model)."""
     scores_file = folder / "round_001" / "scores.npz"
     if not scores_file.is_file():
-        return False
+        return None
     scores = np.load(scores_file)
-    if "grad_embeddings" not in scores.files:
+    return scores if key in scores.files else None
+
+
+def embedding_extras(folder: Path, extras: ReportExtras, max_points: int = 1500, seed: int = 0) -> bool:
+    """Fig. 3: round 1's gradient embeddings, unlabeled / query / selected, sized by uncertainty."""
+    scores = _first_round_scores(folder, "grad_embeddings")
+    if scores is None:
         return False
     ids = scores["ids"]
     status = np.full(len(ids), "unlabeled", dtype=object)
@@ -61,11 +67,8 @@ def embedding_extras(folder: Path, extras: ReportExtras, max_points: int = 1500,
 
 def correlation_extras(folder: Path, extras: ReportExtras, seed: int = 0) -> bool:
     """Fig. 6: misclassified pixels of the round-0 model against MC uncertainty and gradient length."""
-    scores_file = folder / "round_001" / "scores.npz"
-    if not scores_file.is_file():
-        return False
-    scores = np.load(scores_file)
-    if "class_uncertainty" not in scores.files:
+    scores = _first_round_scores(folder, "class_uncertainty")
+    if scores is None:
         return False
     backend = _backend(folder)
     if backend is None:
