@@ -169,7 +169,7 @@ def test_report_cli_on_real_experiments_draws_the_prediction_figures(bald_run, m
     result = CliRunner().invoke(app, ["report", str(bald_run), str(usimc), "--output", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     figures = {p.stem for p in (tmp_path / "rep" / "figures").glob("*.png")}
-    assert {"learning_curves", "correlation", "embedding", "segmentations"} <= figures, figures
+    assert {"learning_curves", "correlation", "embedding", "segmentation_0"} <= figures, figures
     assert (tmp_path / "rep" / "index.html").stat().st_size > 10_000
 
 

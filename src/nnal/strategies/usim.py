@@ -286,7 +286,10 @@ def usim_select(
 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    s = _finite(similarity, "similarity", 2)
+    s = np.asarray(similarity)
+    if s.ndim != 2:
+        raise ValueError(f"similarity must be 2-dimensional, got shape {s.shape}")
+    # finiteness is checked by the FLQMI optimisers as they read S: no extra pass over a matrix of gigabytes
     budget = min(_count(budget, "budget"), s.shape[0])
     if budget == 0:
         return np.empty(0, dtype=np.int64)
