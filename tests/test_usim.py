@@ -194,3 +194,23 @@ def test_usim_select_rejects_unknown_optimizer() -> None:
     pytest.importorskip("nnal.submodular")
     with pytest.raises(ValueError, match="optimizer"):
         usim_select(np.ones((3, 2)), 1, np.random.default_rng(0), optimizer="naive")
+
+
+def test_usim_strategies_equal_their_manual_pipeline():
+    from nnal.strategies import get_strategy
+    from nnal.strategies.usim import cosine_similarity, fisher_similarity, usim_select
+
+    rng = np.random.default_rng(0)
+    n, d = 60, 12
+    g = rng.normal(size=(n, d)).astype(np.float32)
+    scores = {"ids": np.arange(100, 100 + n), "grad_embeddings": g, "query": rng.integers(0, n, 15),
+              "class_uncertainty": rng.random((n, 2)), "labeled_class_voxels": np.array([10.0, 0.0]),
+              "usim_uncertainty": rng.random(n), "fisher": rng.random(d).astype(np.float32) + 0.1}
+    for name, sim in (("usimc", lambda: cosine_similarity(g, g[scores["query"]])),
+                      ("usimf", lambda: fisher_similarity(g, g[scores["query"]], scores["fisher"]))):
+        chosen = get_strategy(name)(scores, 7, np.random.default_rng(3))
+        manual = scores["ids"][usim_select(sim(), 7, np.random.default_rng(3))]
+        np.testing.assert_array_equal(chosen, manual)
+        assert len(np.unique(chosen)) == 7
+        again = get_strategy(name)(scores, 7, np.random.default_rng(3), optimizer="exact", eta=2.0)
+        assert len(np.unique(again)) == 7
