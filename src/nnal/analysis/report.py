@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -180,6 +181,13 @@ segmentations</b> (Figs. 10-12) when their data are present. Definitions: docs/r
 def build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None = None) -> Path:
     """Write figures (PNG, SVG), tables (CSV) and a self-contained ``output/index.html`` for the experiment
     folders ``dirs``; return the path of ``index.html``. Raises ReportError for an unreadable folder."""
+    # nnU-Net's progress plot calls seaborn.set(font_scale=2.5), which changes matplotlib's global style for the
+    # rest of a process that trained: draw with matplotlib's defaults whatever ran before
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        return _build_report(dirs, output, extras)
+
+
+def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None) -> Path:
     experiments = load_experiments(dirs)
     extras = extras or ReportExtras()
     output = Path(output)
