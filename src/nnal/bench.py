@@ -18,19 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import operator
 import os
-import resource
-import time
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from nnal import submodular
-from nnal.submodular import flqmi_greedy, flqmi_objective, flqmi_stochastic_greedy
+from nnal.bench_process import _TIMEOUT_S, _in_subprocess
 
 SCALES: dict[str, tuple[int, int]] = {
     "hippocampus": (7662, 942),
@@ -42,8 +37,6 @@ BUDGET = 100
 ETA = 1.0
 EPSILON = 0.01
 REPEATS = 5  # timed runs of our stochastic greedy (one process; the same rng seed each time)
-_TIMEOUT_S = 1800.0
-_GUARD = {"note": ""}  # set in a submodlib worker process once its memory is capped
 
 
 def similarity_matrix(
@@ -100,7 +93,7 @@ def bench_selection(
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_avg_before": _load_avg(),
     }
-    from nnal.bench import _ours_worker, _submodlib_worker  # importable by name also under ``python -m``
+    from nnal.bench_workers import _ours_worker, _submodlib_worker  # importable by name also under ``python -m``
 
     ours = _in_subprocess(_ours_worker, (n, q, seed, VOLUMES[scale], max(1, int(repeats)), threads))
     if "error" in ours:
@@ -233,7 +226,7 @@ def bench_similarity_and_selection(
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_avg_before": _load_avg(),
     }
-    from nnal.bench import _similarity_worker  # importable by name also under ``python -m``
+    from nnal.bench_workers import _similarity_worker  # importable by name also under ``python -m``
 
     res = _in_subprocess(_similarity_worker, (n, q, d, seed, kind, device, with_exact), timeout=2 * _TIMEOUT_S)
     if "error" in res:
@@ -272,363 +265,6 @@ def format_similarity_bench(result: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
-
-
-class _Embeddings:
-    """Seeded synthetic gradient embeddings: 16 modes in 32 dimensions, mapped linearly to ``d``, plus noise."""
-
-    def __init__(self, d: int, rng: np.random.Generator, latent: int = 32, modes: int = 16) -> None:
-        self.centres = rng.standard_normal((modes, latent), dtype=np.float32)
-        self.lift = rng.standard_normal((latent, d), dtype=np.float32) / np.float32(math.sqrt(latent))
-
-    def sample(self, rng: np.random.Generator, rows: int) -> np.ndarray:
-        z = self.centres[rng.integers(0, len(self.centres), rows)]
-        z += 0.5 * rng.standard_normal(z.shape, dtype=np.float32)
-        u = z @ self.lift
-        u += 0.5 * rng.standard_normal(u.shape, dtype=np.float32)
-        return u
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit length in place (zero rows stay zero)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    np.divide(x, norms[:, None], out=x, where=norms[:, None] > 0)
-    return x
-
-
-def _blas_threads() -> int | None:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    counts = [int(p["num_threads"]) for p in threadpool_info() if p.get("user_api") == "blas"]
-    return max(counts) if counts else None
-
-
-def _similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str, with_exact: bool) -> dict[str, Any]:
-    rng = np.random.default_rng([seed, 0])
-    model = _Embeddings(d, rng)
-    g_q = model.sample(rng, q)
-    fisher = (rng.gamma(2.0, 0.5, d) + 1e-3).astype(np.float32)
-    gen = np.random.default_rng([seed, 1])
-    rows = max(1, min(n, (64 << 20) // (4 * d)))
-    t0 = time.perf_counter()
-    flqmi_stochastic_greedy(np.ones((64, 8), np.float32), 2, np.random.default_rng(0))
-    flqmi_greedy(np.ones((64, 8), np.float32), 2)
-    compile_s = time.perf_counter() - t0
-    before = (_status_kb("VmRSS") or 0) / 1024
-    _reset_peak()
-    gen_s = gemm_s = transfer_s = 0.0
-    t = time.perf_counter()
-    if kind == "fisher":  # fold diag(1 / F) into g_q once, in place
-        g_q *= (1.0 / (fisher.astype(np.float64) + 1e-8)).astype(np.float32)
-    else:
-        _unit(g_q)
-    fold_s = time.perf_counter() - t
-    lo = np.inf
-    if device == "cpu":
-        S = np.empty((n, q), dtype=np.float32)
-        right = g_q.T
-        for a in range(0, n, rows):
-            b = min(n, a + rows)
-            t = time.perf_counter()
-            u = model.sample(gen, b - a)
-            t1 = time.perf_counter()
-            if kind == "cosine":
-                _unit(u)
-            np.matmul(u, right, out=S[a:b])
-            lo = min(lo, float(S[a:b].min()))
-            t2 = time.perf_counter()
-            gen_s += t1 - t
-            gemm_s += t2 - t1
-        t = time.perf_counter()
-        S -= np.float32(lo)
-        shift_s = time.perf_counter() - t
-    else:
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 products, as on the CPU
-        dev = torch.device("cuda")
-        t = time.perf_counter()
-        right_t = torch.from_numpy(g_q).to(dev).T
-        S_dev = torch.empty((n, q), dtype=torch.float32, device=dev)
-        torch.cuda.synchronize()
-        fold_s += time.perf_counter() - t
-        for a in range(0, n, rows):
-            b = min(n, a + rows)
-            t = time.perf_counter()
-            u = model.sample(gen, b - a)
-            t1 = time.perf_counter()
-            u_dev = torch.from_numpy(u).to(dev)
-            if kind == "cosine":
-                u_dev = u_dev / u_dev.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            torch.matmul(u_dev, right_t, out=S_dev[a:b])
-            t2 = time.perf_counter()
-            gen_s += t1 - t
-            gemm_s += t2 - t1
-        t = time.perf_counter()
-        torch.cuda.synchronize()
-        gemm_s += time.perf_counter() - t
-        t = time.perf_counter()
-        S_dev -= S_dev.min()
-        torch.cuda.synchronize()
-        shift_s = time.perf_counter() - t
-        t = time.perf_counter()  # back to the host in chunks, straight into S (pinning 2.6 GB costs more)
-        S = np.empty((n, q), dtype=np.float32)
-        for a in range(0, n, rows):
-            torch.from_numpy(S[a : a + rows]).copy_(S_dev[a : a + rows])
-        transfer_s = time.perf_counter() - t
-        del S_dev, right_t
-        torch.cuda.empty_cache()
-    del g_q
-    t = time.perf_counter()
-    picks = flqmi_stochastic_greedy(S, BUDGET, np.random.default_rng(seed), ETA, EPSILON)
-    sel_s = time.perf_counter() - t
-    peak = _peak_mb()
-    build_s = fold_s + gemm_s + transfer_s
-    out: dict[str, Any] = {
-        "seconds": build_s + shift_s + sel_s,
-        "build_seconds": build_s,
-        "fold_seconds": fold_s,
-        "gemm_seconds": gemm_s,
-        "transfer_seconds": transfer_s,
-        "shift_seconds": shift_s,
-        "selection_seconds": sel_s,
-        "generation_seconds": gen_s,
-        "compile_seconds": compile_s,
-        "gflops": 2.0 * n * q * d / 1e9 / gemm_s,
-        "chunk_rows": rows,
-        "peak_rss_mb": peak,
-        "rss_before_mb": before,
-        "objective": flqmi_objective(S, picks, ETA),
-        "backend": submodular.backend(),
-        "threads": submodular._resolve_threads(None),
-        "blas_threads": _blas_threads(),
-    }
-    if with_exact:
-        t = time.perf_counter()
-        exact = flqmi_greedy(S, BUDGET, ETA)
-        out.update(exact_seconds=time.perf_counter() - t, exact_objective=flqmi_objective(S, exact, ETA))
-        out["objective_ratio"] = out["objective"] / out["exact_objective"]
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- measurement
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is None:  # not Linux: lifetime peak, an over-estimate
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024
-
-
-def _measure(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
-    """Run ``fn``; return (result, seconds, peak RSS MB during the call, RSS MB before it)."""
-    before = (_status_kb("VmRSS") or 0) / 1024
-    _reset_peak()
-    t0 = time.perf_counter()
-    res = fn()
-    sec = time.perf_counter() - t0
-    return res, sec, _peak_mb(), before
-
-
-def _ours_worker(n: int, q: int, seed: int, volumes: int, repeats: int, threads: int | None) -> dict[str, Any]:
-    S = similarity_matrix(n, q, seed, volumes)
-    t0 = time.perf_counter()  # compile (or load from numba's cache) both kernel variants, on a tiny matrix
-    flqmi_stochastic_greedy(S[:64], 2, np.random.default_rng(0))
-    flqmi_greedy(S[:64], 2)
-    out: dict[str, Any] = {
-        "compile_seconds": time.perf_counter() - t0,
-        "backend": submodular.backend(),
-        "threads": submodular._resolve_threads(threads),
-        "repeats": repeats,
-    }
-
-    def stochastic(k: int | None) -> np.ndarray:
-        return flqmi_stochastic_greedy(S, BUDGET, np.random.default_rng(seed), ETA, EPSILON, threads=k)
-
-    times, peaks, picks = [], [], None
-    for _ in range(repeats):
-        res, sec, peak, before = _measure(lambda: stochastic(threads))
-        assert picks is None or np.array_equal(res, picks), "stochastic greedy is not deterministic"
-        picks = res
-        times.append(sec)
-        peaks.append(peak)
-    out.update(
-        seconds=min(times),
-        seconds_median=float(np.median(times)),
-        seconds_all=times,
-        peak_rss_mb=max(peaks),
-        rss_before_mb=before,
-        extra_mb=max(peaks) - before,
-        peak_over_s=max(peaks) / (S.nbytes / 2**20),
-        objective=flqmi_objective(S, picks, ETA),
-        peak_reset=_reset_peak(),
-    )
-    times = []
-    for _ in range(repeats):
-        res, sec, peak, before = _measure(lambda: stochastic(1))
-        assert np.array_equal(res, picks), "the picks depend on the thread count"
-        times.append(sec)
-    out.update(one_thread_seconds=min(times), one_thread_seconds_median=float(np.median(times)))
-    submodular._STATE["force_numpy"] = True
-    try:
-        res, sec, peak, before = _measure(lambda: stochastic(threads))
-    finally:
-        submodular._STATE["force_numpy"] = False
-    out.update(
-        numpy_seconds=sec,
-        numpy_peak_rss_mb=peak,
-        numpy_extra_mb=peak - before,
-        numpy_same_picks=bool(np.array_equal(res, picks)),
-    )
-    res, sec, peak, before = _measure(lambda: flqmi_greedy(S, BUDGET, ETA, threads=threads))
-    out.update(
-        exact_seconds=sec,
-        exact_peak_rss_mb=peak,
-        exact_extra_mb=peak - before,
-        exact_objective=flqmi_objective(S, res, ETA),
-    )
-    return out
-
-
-class _RowLists(Sequence):
-    """Rows of ``S`` as Python lists, made one at a time while pybind11 converts them to C++ vectors."""
-
-    def __init__(self, S: np.ndarray) -> None:
-        self.S = S
-
-    def __len__(self) -> int:
-        return self.S.shape[0]
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.S[i].tolist()
-
-
-def _submodlib_worker(n: int, q: int, seed: int, volumes: int, mode: str) -> dict[str, Any]:
-    if mode not in ("wrapper", "cpp"):
-        raise ValueError(f"mode must be 'wrapper' or 'cpp', got {mode!r}")
-    S = similarity_matrix(n, q, seed, volumes)
-    _limit_memory(S.nbytes)
-    if mode == "wrapper":
-        from submodlib import FacilityLocationVariantMutualInformationFunction as FL2MI
-
-        def build() -> Any:
-            return FL2MI(n=n, num_queries=q, query_sijs=S, queryDiversityEta=ETA)
-
-        def run(obj: Any) -> list:
-            return obj.maximize(
-                budget=BUDGET,
-                optimizer="StochasticGreedy",
-                stopIfZeroGain=False,
-                stopIfNegativeGain=False,
-                epsilon=EPSILON,
-                verbose=False,
-                show_progress=False,
-            )
-    else:
-        from submodlib_cpp import FacilityLocationVariantMutualInformation as FL2MI
-
-        def build() -> Any:
-            return FL2MI(n, q, _RowLists(S), ETA)
-
-        def run(obj: Any) -> list:
-            return obj.maximize("StochasticGreedy", BUDGET, False, False, EPSILON, False, False, [], False)
-
-    before = (_status_kb("VmRSS") or 0) / 1024
-    _reset_peak()
-    t0 = time.perf_counter()
-    obj = build()
-    t1 = time.perf_counter()
-    picks = [int(i) for i, _ in run(obj)]
-    t2 = time.perf_counter()
-    peak = _peak_mb()
-    del obj
-    return {
-        "seconds": t2 - t0,
-        "build_seconds": t1 - t0,
-        "maximize_seconds": t2 - t1,
-        "peak_rss_mb": peak,
-        "rss_before_mb": before,
-        "extra_mb": peak - before,
-        "objective": flqmi_objective(S, np.asarray(picks, dtype=np.int64), ETA),
-    }
-
-
-def _limit_memory(s_bytes: int) -> None:
-    """Cap this process's address space so submodlib fails with MemoryError instead of exhausting the machine."""
-    avail_kb = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail_kb = int(line.split()[1])
-    except OSError:
-        return
-    vm_kb = _status_kb("VmSize")
-    if avail_kb is None or vm_kb is None:
-        return
-    allowance = int(min(0.5 * avail_kb * 1024, 3 * s_bytes + (1 << 30)))
-    limit = vm_kb * 1024 + allowance
-    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    _GUARD["note"] = f" (address space capped at {limit / 2**30:.1f} GiB, S {s_bytes / 2**30:.2f} GiB)"
-
-
-def _child(conn: Any, fn: Callable[..., dict[str, Any]], args: tuple) -> None:
-    try:
-        res = fn(*args)
-    except BaseException as exc:  # reported to the parent as a string
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} `{frames[-1].line}`" if frames else ""
-        msg = f": {exc}" if str(exc) else ""
-        res = {"error": f"{type(exc).__name__}{msg}{where}{_GUARD['note']}"}
-    conn.send(res)
-    conn.close()
-
-
-def _in_subprocess(fn: Callable[..., dict[str, Any]], args: tuple, timeout: float = _TIMEOUT_S) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    from nnal.bench import _child as child
-
-    proc = ctx.Process(target=child, args=(send, fn, args), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        if recv.poll(timeout):
-            return recv.recv()
-        return {"error": f"timed out after {timeout:.0f} s"}
-    except EOFError:
-        proc.join(5)
-        return {"error": f"process died (exit code {proc.exitcode}; a negative code is the signal, 9: OOM killer?)"}
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
