@@ -55,23 +55,28 @@ def padded_shape(shape: tuple[int, int], patch: tuple[int, int], stride: tuple[i
     return tuple(int(math.ceil(max(s, p) / st) * st) for s, p, st in zip(shape, patch, stride, strict=True))
 
 
+def centred_window(shape: tuple[int, int], target: tuple[int, int]) -> tuple[slice, slice]:
+    """Where a ``shape`` slice sits inside its zero padding to ``target``: the one centring rule for all passes."""
+    top, left = (target[0] - shape[0]) // 2, (target[1] - shape[1]) // 2
+    return slice(top, top + shape[0]), slice(left, left + shape[1])
+
+
 def slice_batches(data: np.ndarray, slices: np.ndarray, batch_size: int, target: tuple[int, int]
                   ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield ``(slice indices, (B, c, H, W) tensor)`` with each slice zero-padded centred to ``target``."""
-    c, _, h, w = data.shape
-    top, left = (target[0] - h) // 2, (target[1] - w) // 2
+    c = data.shape[0]
+    rows, cols = centred_window(data.shape[2:], target)
     for start in range(0, len(slices), batch_size):
         idx = slices[start:start + batch_size]
         batch = np.zeros((len(idx), c, *target), dtype=np.float32)
-        batch[:, :, top:top + h, left:left + w] = data[:, idx].transpose(1, 0, 2, 3)
+        batch[:, :, rows, cols] = data[:, idx].transpose(1, 0, 2, 3)
         yield idx, torch.from_numpy(batch)
 
 
 def crop_to(tensor: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Undo the centred padding of :func:`slice_batches`."""
-    h, w = shape
-    top, left = (tensor.shape[-2] - h) // 2, (tensor.shape[-1] - w) // 2
-    return tensor[..., top:top + h, left:left + w]
+    rows, cols = centred_window(shape, tuple(tensor.shape[-2:]))
+    return tensor[..., rows, cols]
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> dict[int, float]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nnal.backend.gradients import head_gradient_embeddings, per_sample_gradients
-from nnal.backend.inference import load_volume, padded_shape, set_dropout, total_stride
+from nnal.backend.inference import centred_window, load_volume, padded_shape, set_dropout, total_stride
 from nnal.backend.planning import CONFIGURATION
 
 MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty"})
@@ -76,12 +76,12 @@ def pooled_batches(folder: Path, cases: Iterable[tuple[str, np.ndarray]], batch_
             yield _stack(images, masks)
             images, masks = [], []
         current = target
-        top, left = (target[0] - h) // 2, (target[1] - w) // 2
+        rows, cols = centred_window((h, w), target)
         for z in np.asarray(slices):
             img = np.zeros((c, *target), dtype=np.float32)
-            img[:, top:top + h, left:left + w] = data[:, z]
+            img[:, rows, cols] = data[:, z]
             valid = np.zeros(target, dtype=bool)
-            valid[top:top + h, left:left + w] = True
+            valid[rows, cols] = True
             images.append(img)
             masks.append(valid)
             if len(images) == batch_size:
