@@ -30,9 +30,9 @@ def main() -> None:
     import pandas as pd
     import torch
 
+    from nnal.analysis.tables import mean_dice_per_round
     from nnal.config import Config
     from nnal.loop import run_experiment
-    from nnal.report_table import mean_dice_per_round
 
     overrides = dict(pool_cases=4, test_cases=2, batch_size=8, iterations_per_epoch=3, epochs_initial=1,
                      epochs_per_round=1, initial=20, budget=10, device="cpu") if args.tiny else {}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +18,31 @@ REPO = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS = REPO / "data" / "Task04_Hippocampus"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(args: list) -> CliResult:
+    """``nnal ARGS`` through the console entry point in this process (its error handling included)."""
+    from nnal.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:

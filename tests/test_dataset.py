@@ -9,15 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_nnunet_dataset, write_nifti
-from typer.testing import CliRunner
+from conftest import make_nnunet_dataset, run_cli, write_nifti
 
-from nnal.cli import app
 from nnal.dataset import DatasetError, load_dataset, validate
 
 
 def _run_cli(dataset: Path, output: Path):
-    return CliRunner().invoke(app, ["run", "--dataset", str(dataset), "--output", str(output), "--quiet"])
+    return run_cli(["run", "--dataset", str(dataset), "--output", str(output), "--quiet"])
 
 
 def _case_label(ds: Path, i: int = 1) -> Path:

@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
+from conftest import run_cli
 
-from nnal.cli import app
 from nnal.config import Config
-from nnal.loop import RESULT_COLUMNS, run_experiment
-from nnal.state import FolderLock
+from nnal.experiment import RESULT_COLUMNS, FolderLock
+from nnal.loop import run_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +86,7 @@ def test_sigkill_mid_round_then_resume_equals_uninterrupted(bald_run, mini_hippo
     state = yaml.safe_load((out / "state.json").read_text())
     assert (state["round"], state["phase"]) < (2, "evaluate")  # killed mid-experiment
 
-    result = CliRunner().invoke(app, cmd[3:])
+    result = run_cli(cmd[3:])
     assert result.exit_code == 0, result.output
     assert selections(out) == selections(bald_run)
     chosen = np.concatenate(selections(out))
@@ -117,7 +116,7 @@ def test_second_process_is_refused_while_locked(bald_run, mini_hippocampus, tmp_
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(dict(TINY)))
     with FolderLock(bald_run):
-        result = CliRunner().invoke(app, ["run", "--dataset", str(mini_hippocampus), "--output", str(bald_run),
+        result = run_cli(["run", "--dataset", str(mini_hippocampus), "--output", str(bald_run),
                                           "--strategy", "bald", "--config", str(cfg), "--quiet"])
     assert result.exit_code == 2
     assert "another nnal process" in result.stderr
@@ -125,7 +124,7 @@ def test_second_process_is_refused_while_locked(bald_run, mini_hippocampus, tmp_
 
 def test_resume_with_other_settings_is_refused(bald_run, mini_hippocampus):
     before = (bald_run / "results.csv").read_bytes()
-    result = CliRunner().invoke(app, ["run", "--dataset", str(mini_hippocampus), "--output", str(bald_run),
+    result = run_cli(["run", "--dataset", str(mini_hippocampus), "--output", str(bald_run),
                                       "--strategy", "random", "--quiet"])
     assert result.exit_code == 2 and "differs" in result.stderr
     assert (bald_run / "results.csv").read_bytes() == before
@@ -166,7 +165,7 @@ def test_report_cli_on_real_experiments_draws_the_prediction_figures(bald_run, m
     usimc = tmp_path / "usimc"
     run_experiment(tiny_config(mini_hippocampus, "usimc", strategy_options={"embedding_dim": 300}), usimc,
                    cache=nnunet_cache, share_round0=bald_run, progress=False)
-    result = CliRunner().invoke(app, ["report", str(bald_run), str(usimc), "--output", str(tmp_path / "rep")])
+    result = run_cli(["report", str(bald_run), str(usimc), "--output", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     figures = {p.stem for p in (tmp_path / "rep" / "figures").glob("*.png")}
     assert {"learning_curves", "correlation", "embedding", "segmentation_0"} <= figures, figures
@@ -180,7 +179,7 @@ def test_report_cli_rejects_bad_folders_with_exit_2(tmp_path, content):
     if content is not None:
         (folder / "config.yaml").write_text("dataset: x\nstrategy: random\n")
         (folder / "results.csv").write_text(content)
-    result = CliRunner().invoke(app, ["report", str(folder), "--output", str(tmp_path / "rep")])
+    result = run_cli(["report", str(folder), "--output", str(tmp_path / "rep")])
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(folder) in lines[0]

@@ -10,8 +10,8 @@ import pytest
 
 from nnal.backend.partial_labels import MaskedSegmentation, sampling_locations
 from nnal.config import PRESETS, Config, ConfigError, from_mapping
+from nnal.experiment import PHASES, FolderLock, LockedError, State, atomic_write_json
 from nnal.pool import SlicePool
-from nnal.state import PHASES, FolderLock, LockedError, State, atomic_write_json
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

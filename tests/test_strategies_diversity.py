@@ -20,17 +20,17 @@ def test_meanstd_top_k_by_hand() -> None:
     scores = {"ids": _ids(5), "std": np.array([0.1, 0.5, 0.3, 0.5, 0.2]), "variance": np.array([9, 0, 0, 0, 8.0])}
     meanstd = get_strategy("meanstd")
     assert meanstd(scores, 3, np.random.default_rng(0)).tolist() == [101, 103, 102]  # tie 0.5: lower id first
-    assert meanstd(scores, 2, np.random.default_rng(0), use_variance=True).tolist() == [100, 104]
+    assert meanstd(scores, 2, np.random.default_rng(0), {"use_variance": True}).tolist() == [100, 104]
 
 
 def test_meanstd_needs_follow_the_variance_option() -> None:
     meanstd = get_strategy("meanstd")
-    assert meanstd.mc_dropout and meanstd.score_key == "std"
+    assert meanstd.score_key == "std"
     assert meanstd.needs_for() == ("std",)
-    assert meanstd.needs_for(use_variance=False) == ("std",)
-    assert meanstd.needs_for(use_variance=True) == ("std", "variance")
+    assert meanstd.needs_for({"use_variance": False}) == ("std",)
+    assert meanstd.needs_for({"use_variance": True}) == ("std", "variance")
     with pytest.raises(ValueError, match="variance"):
-        meanstd({"ids": _ids(3), "std": np.ones(3)}, 1, np.random.default_rng(0), use_variance=True)
+        meanstd({"ids": _ids(3), "std": np.ones(3)}, 1, np.random.default_rng(0), {"use_variance": True})
 
 
 # --- Core-Set -------------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_stochastic_batches_by_hand() -> None:
     best = batches[int(np.argmax([entropy[b].sum() for b in batches]))]
     scores = {"ids": _ids(7), "entropy": entropy}
     for reduce in ("sum", "mean"):
-        got = get_strategy("stochastic-batches")(scores, 3, np.random.default_rng(7), reduce=reduce)
+        got = get_strategy("stochastic-batches")(scores, 3, np.random.default_rng(7), {"reduce": reduce})
         assert got.tolist() == _ids(7)[best].tolist()
         assert _ids(7)[perm[6]] not in got
 
@@ -183,7 +183,7 @@ def random_scores(n: int, seed: int) -> dict[str, np.ndarray]:
 def test_registered_strategy_contract(name: str, budget: int) -> None:
     strategy: Strategy = REGISTRY[name]
     scores = random_scores(40, seed=budget)
-    missing = [key for key in strategy.needs if key not in scores]
+    missing = [key for key in strategy.needs + strategy.provides if key not in scores]
     if missing:
         pytest.skip(f"{name} needs {missing}, not pure per-slice scores")
     chosen = strategy(scores, budget, np.random.default_rng(11))

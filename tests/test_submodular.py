@@ -11,9 +11,17 @@ import pytest
 
 from nnal import submodular
 from nnal.bench import similarity_matrix
-from nnal.submodular import flqmi_greedy, flqmi_objective, flqmi_stochastic_greedy, shift_nonnegative
+from nnal.submodular import (
+    checks,
+    flqmi_greedy,
+    flqmi_objective,
+    flqmi_stochastic_greedy,
+    kernel,
+    maximize,
+    shift_nonnegative,
+)
 
-HAVE_NUMBA = submodular._kernel() is not None
+HAVE_NUMBA = kernel.gain_kernel() is not None
 
 
 @pytest.fixture(params=["numba", "numpy"])
@@ -21,7 +29,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Run a test with the numba kernel and with the numpy fallback."""
     if request.param == "numba" and not HAVE_NUMBA:
         pytest.skip("numba is not installed")
-    monkeypatch.setitem(submodular._STATE, "force_numpy", request.param == "numpy")
+    monkeypatch.setitem(kernel.KERNEL_STATE, "force_numpy", request.param == "numpy")
     assert submodular.backend() == request.param
     return request.param
 
@@ -297,10 +305,10 @@ def test_backends_give_identical_gains_and_picks(n: int, q: int, dtype: type, mo
     S = similarity_matrix(n, q, seed=n + q, volumes=12).astype(dtype)
     got = {}
     for force_numpy in (False, True):
-        monkeypatch.setitem(submodular._STATE, "force_numpy", force_numpy)
+        monkeypatch.setitem(kernel.KERNEL_STATE, "force_numpy", force_numpy)
         gains = []
         for exact in (True, False):
-            ev = submodular._Gains(S, 1.0, 1, exact)
+            ev = maximize._Gains(S, 1.0, 1, exact)
             ev.evaluate(np.arange(n), None, True, -1.0, -1, 0)  # first reads
             for j in (3, n // 2, n - 1):
                 ev.add(j)
@@ -320,7 +328,7 @@ def test_backends_give_identical_gains_and_picks(n: int, q: int, dtype: type, mo
 
 
 def test_picks_do_not_depend_on_threads(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submodular, "_MIN_BYTES_PER_TASK", 1)  # split even small batches into many tasks
+    monkeypatch.setattr(maximize, "_MIN_BYTES_PER_TASK", 1)  # split even small batches into many tasks
     S = similarity_matrix(3000, 120, seed=4, volumes=30)
     rng_picks = [flqmi_stochastic_greedy(S, 40, np.random.default_rng(5), threads=k).tolist() for k in (1, 2, 3)]
     exact_picks = [flqmi_greedy(S, 40, threads=k).tolist() for k in (1, 2, 3)]
@@ -357,9 +365,9 @@ def test_threads_argument(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValueError, match="threads"):
             flqmi_stochastic_greedy(S, 2, np.random.default_rng(0), threads=bad)  # type: ignore[arg-type]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert submodular._resolve_threads(None) == 3
-    assert submodular._resolve_threads(5) == 5
+    assert checks.resolve_threads(None) == 3
+    assert checks.resolve_threads(5) == 5
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
-    assert submodular._resolve_threads(None) >= 1
+    assert checks.resolve_threads(None) >= 1
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert submodular._resolve_threads(None) >= 1
+    assert checks.resolve_threads(None) >= 1

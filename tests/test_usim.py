@@ -212,5 +212,5 @@ def test_usim_strategies_equal_their_manual_pipeline():
         manual = scores["ids"][usim_select(sim(), 7, np.random.default_rng(3))]
         np.testing.assert_array_equal(chosen, manual)
         assert len(np.unique(chosen)) == 7
-        again = get_strategy(name)(scores, 7, np.random.default_rng(3), optimizer="exact", eta=2.0)
+        again = get_strategy(name)(scores, 7, np.random.default_rng(3), {"optimizer": "exact", "eta": 2.0})
         assert len(np.unique(again)) == 7

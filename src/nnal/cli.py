@@ -19,27 +19,32 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
-def _user_errors():
-    from nnal.config import ConfigError
-    from nnal.dataset import DatasetError
-    from nnal.state import LockedError
+def _flag_value(text: str) -> object:
+    """A flag's text read as a YAML scalar, so flags and config files are checked alike (``--fold 1.0`` is a float,
+    refused for an integer field, not rounded)."""
+    import yaml
 
-    return (ConfigError, DatasetError, LockedError)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 @app.command()
 def run(
-    dataset: Annotated[Path, typer.Option(help="nnU-Net v2 raw dataset folder or MSD TaskNN_Name folder")],
     output: Annotated[Path, typer.Option(help="experiment folder (created, or resumed if it exists)")],
-    strategy: Annotated[str, typer.Option(help="random, entropy, meanstd, bald, coreset, badge, stochastic-batches, "
-                                          "usimc, usimf; or full (every pool slice, the reference)")] = "random",
-    config: Annotated[Path | None, typer.Option(help="YAML file with config fields")] = None,
-    fold: Annotated[int | None, typer.Option(help="nnU-Net 5-fold split fold (0-4); its val cases are the test set")
+    dataset: Annotated[str | None, typer.Option(help="nnU-Net v2 raw dataset folder or MSD TaskNN_Name folder")
+                       ] = None,
+    strategy: Annotated[str | None, typer.Option(help="random, entropy, meanstd, bald, coreset, badge, "
+                                                 "stochastic-batches, usimc, usimf; or full (every pool slice, the "
+                                                 "reference). Options: see 'nnal strategies'")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with config fields (flags override it)")] = None,
+    fold: Annotated[str | None, typer.Option(help="nnU-Net 5-fold split fold (0-4); its val cases are the test set")
                     ] = None,
-    seed: Annotated[int | None, typer.Option(help="seed for every random choice")] = None,
-    rounds: Annotated[int | None, typer.Option(help="selection rounds after the initial round")] = None,
-    initial: Annotated[int | None, typer.Option(help="initial random labeled slices (paper: 100)")] = None,
-    budget: Annotated[int | None, typer.Option(help="slices selected per round (paper: 100)")] = None,
+    seed: Annotated[str | None, typer.Option(help="seed for every random choice (integer >= 0)")] = None,
+    rounds: Annotated[str | None, typer.Option(help="selection rounds after the initial round")] = None,
+    initial: Annotated[str | None, typer.Option(help="initial random labeled slices (paper: 100)")] = None,
+    budget: Annotated[str | None, typer.Option(help="slices selected per round (paper: 100)")] = None,
     preset: Annotated[str | None, typer.Option(help="training schedule: cpu, gpu-short or paper")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     cache: Annotated[Path | None, typer.Option(help="folder for nnU-Net's plans and preprocessed data, "
@@ -47,21 +52,17 @@ def run(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Run an active-learning experiment (or resume it where it stopped)."""
-    from nnal.config import from_mapping, load_yaml
+    from nnal.analysis.tables import dice_table
+    from nnal.config import build, load_yaml
     from nnal.loop import run_experiment
-    from nnal.report_table import dice_table
 
-    try:
-        values = load_yaml(config) if config is not None else {}
-        flags = dict(dataset=str(dataset), strategy=strategy, fold=fold, seed=seed, rounds=rounds, initial=initial,
-                     budget=budget, preset=preset, device=device)
-        values.update({k: v for k, v in flags.items() if v is not None})
-        results = run_experiment(from_mapping(values, str(config or "command line")), output, cache=cache,
-                                 progress=not quiet)
-    except _user_errors() as err:
-        _fail(str(err))
-    except ValueError as err:  # unknown strategy names and similar
-        _fail(str(err))
+    values = load_yaml(config) if config is not None else {}
+    numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget)
+    flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device,
+                 **{k: _flag_value(v) for k, v in numbers.items() if v is not None})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    source = " and ".join(s for s in (config and str(config), "command line" if any(flags.values()) else "") if s)
+    results = run_experiment(build(values, source or "command line"), output, cache=cache, progress=not quiet)
     typer.echo(dice_table(results))
     typer.echo(f"results: {output / 'results.csv'}")
 
@@ -74,10 +75,7 @@ def demo(
     """Random against USIMF on the bundled MSD Hippocampus copy, CPU schedule, a few rounds, then a report."""
     from nnal.demo import run_demo
 
-    try:
-        run_demo(output, progress=not quiet)
-    except _user_errors() as err:
-        _fail(str(err))
+    run_demo(output, progress=not quiet)
 
 
 @app.command()
@@ -86,14 +84,19 @@ def report(
     output: Annotated[Path, typer.Option(help="folder for index.html, figures/ and tables/")] = Path("report"),
 ) -> None:
     """Figures, tables and a self-contained HTML page from one or more experiments."""
-    from nnal.analysis import ReportError
     from nnal.analysis.extras import build_full_report
 
-    try:
-        page = build_full_report(list(dirs), output)
-    except ReportError as err:
-        _fail(str(err))
+    page = build_full_report(list(dirs), output)
     typer.echo(f"report: {page}")
+
+
+@app.command()
+def strategies() -> None:
+    """Every strategy with its options, their types and defaults (set them in the config's strategy_options)."""
+    from nnal.strategies import REGISTRY
+
+    for name in sorted(REGISTRY):
+        typer.echo(REGISTRY[name].describe())
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks.")
@@ -119,11 +122,36 @@ def bench_selection(
     typer.echo(json.dumps(result) if json_output else format_bench(result))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: a user's mistake is one line on stderr and exit code 2, a bug keeps its traceback."""
+    from typer.exceptions import TyperException
+
+    from nnal.errors import NnalError
+
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
+    except TyperException as err:  # an unknown command or flag, a flag of the wrong type, a missing argument
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"error: {err.format_message()}{where}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except typer.Abort:
+        sys.exit(130)
+    except NnalError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception:  # not a user's mistake: a bug
+
+        import traceback
+
+        traceback.print_exc()
+        print("nnal: this is a bug in nnal, not a problem with your input; please report it with the traceback above",
+              file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
-"""Experiment configuration: one validated, frozen record, built from presets, a YAML file and CLI flags."""
+"""Experiment configuration: one typed, validated, frozen record, built from presets, a YAML file and CLI flags.
+
+Every field has a type and a range, checked by pydantic (strict: ``fold: 1.0`` and ``seed: abc`` are refused, not
+coerced) when the record is built, before anything is written. The strategy and its options are checked against
+the strategy's declaration (:mod:`nnal.strategies`). Every problem is a :class:`ConfigError` of one line that
+names the source and the field.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nnal.errors import ConfigError
+from nnal.strategies import get_strategy
 
 # A schedule preset fixes how long nnU-Net trains; everything else keeps the paper's defaults.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -23,103 +31,112 @@ PRESETS: dict[str, dict[str, Any]] = {
                   initial_lr=1e-2, augmentation=True, score_batch_size=1024),
 }
 
+# fields that may change when an existing experiment is resumed (they do not change its results)
+RESUMABLE_CHANGES = frozenset({"rounds", "device", "num_processes"})
+# fields that decide round 0 (the initial random set and the first model): equal ones may share it
+ROUND0_FIELDS = ("dataset", "fold", "seed", "initial", "preset", "batch_size", "iterations_per_epoch",
+                 "epochs_initial", "initial_lr", "augmentation", "dropout_p", "pool_cases", "test_cases")
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
+PositiveInt = Annotated[int, Field(ge=1)]
+OptionalPositiveInt = PositiveInt | None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(BaseModel):
     """Everything that decides an experiment's result. Saved as ``config.yaml`` in the experiment folder."""
 
-    dataset: str
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, validate_default=True)
+
+    dataset: Annotated[str, Field(min_length=1)]
     strategy: str = "random"
     experiment: str = ""
-    fold: int = 0
-    seed: int = 0
-    rounds: int = 5
-    initial: int = 100
-    budget: int = 100
-    preset: str = "cpu"
-    device: str = "auto"
+    fold: Annotated[int, Field(ge=0, le=4)] = 0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    rounds: Annotated[int, Field(ge=0)] = 5
+    initial: PositiveInt = 100
+    budget: PositiveInt = 100
+    preset: Literal["cpu", "gpu-short", "paper"] = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     # training schedule (None: from the preset; batch_size None: nnU-Net's planned batch size)
-    batch_size: int | None = None
-    iterations_per_epoch: int | None = None
-    epochs_initial: int | None = None
-    epochs_per_round: int | None = None
-    initial_lr: float | None = None
+    batch_size: OptionalPositiveInt = None
+    iterations_per_epoch: OptionalPositiveInt = None
+    epochs_initial: OptionalPositiveInt = None
+    epochs_per_round: OptionalPositiveInt = None
+    initial_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     augmentation: bool | None = None  # None: from the preset; False uses nnU-Net's nnUNetTrainerNoDA
     # model and scoring
-    dropout_p: float = 0.1
-    mc_passes: int = 10
-    score_batch_size: int | None = None
+    dropout_p: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    mc_passes: Annotated[int, Field(ge=2)] = 10
+    score_batch_size: OptionalPositiveInt = None
     # pool and test subsets (None: all cases of the fold), for demos and tests
-    pool_cases: int | None = None
-    test_cases: int | None = None
+    pool_cases: OptionalPositiveInt = None
+    test_cases: OptionalPositiveInt = None
     # nnU-Net worker processes for preprocessing and augmentation (0: augmentation in-process, deterministic)
-    num_processes: int = 0
-    strategy_options: dict[str, Any] = field(default_factory=dict)
+    num_processes: Annotated[int, Field(ge=0)] = 0
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _strategy_and_options(self) -> Config:
+        strategy = get_strategy(self.strategy)  # ConfigError naming the known strategies
+        checked = strategy.check_options(self.strategy_options)  # ConfigError naming the option
+        object.__setattr__(self, "strategy_options", checked)
+        return self
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes``, validated again."""
+        return build({**self.to_dict(), **changes}, "config")
 
     def resolved(self) -> Config:
         """Fill schedule fields left at None from the preset."""
-        if self.preset not in PRESETS:
-            raise ConfigError(f"preset: unknown {self.preset!r}; known: {', '.join(PRESETS)}")
         fill = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
-        return dataclasses.replace(self, **fill).validated()
-
-    def validated(self) -> Config:
-        checks = [
-            ("fold", self.fold in range(5), "must be 0..4"),
-            ("rounds", self.rounds >= 0, "must be >= 0"),
-            ("initial", self.initial >= 1, "must be >= 1"),
-            ("budget", self.budget >= 1, "must be >= 1"),
-            ("device", self.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
-            ("dropout_p", 0.0 <= self.dropout_p < 1.0, "must be in [0, 1)"),
-            ("mc_passes", self.mc_passes >= 2, "must be >= 2"),
-            ("num_processes", self.num_processes >= 0, "must be >= 0"),
-        ]
-        for key in ("batch_size", "iterations_per_epoch", "epochs_initial", "epochs_per_round",
-                    "score_batch_size", "pool_cases", "test_cases"):
-            value = getattr(self, key)
-            checks.append((key, value is None or (isinstance(value, int) and value >= 1), "must be a positive integer"))
-        checks.append(("initial_lr", self.initial_lr is None or self.initial_lr > 0, "must be > 0"))
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {why}, got {getattr(self, key)!r}")
-        return self
+        return self.replace(**fill) if fill else self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-FIELDS = {f.name for f in dataclasses.fields(Config)}
+FIELDS = frozenset(Config.model_fields)
 
 
-def from_mapping(values: dict[str, Any], source: str = "config") -> Config:
-    """Build a Config from a mapping, rejecting unknown keys."""
+def build(values: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from a mapping; any problem is one ConfigError line naming ``source`` and the field."""
     unknown = sorted(set(values) - FIELDS)
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(Config.model_fields)}")
     if "dataset" not in values:
         raise ConfigError(f"{source}: 'dataset' is required")
     try:
-        return Config(**values).validated()
-    except TypeError as err:
+        return Config(**values)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_error(err)}") from None
+    except ConfigError as err:  # raised by the strategy check inside validation
         raise ConfigError(f"{source}: {err}") from None
+
+
+# the name the rest of the code base and the tests use
+from_mapping = build
+
+
+def describe_error(err: ValidationError) -> str:
+    """The first problem of a pydantic error as ``field: what is wrong, got VALUE``."""
+    first = err.errors(include_url=False)[0]
+    message = first["msg"]
+    if message.startswith("Value error, "):  # raised by a validator: already names its field
+        return message[len("Value error, "):]
+    field = ".".join(str(part) for part in first["loc"])
+    return f"{field}: {message}, got {first['input']!r}"
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file."""
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read config ({type(err).__name__})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: config must be a mapping")
+        raise ConfigError(f"{path}: config must be a mapping of field names to values")
     return data
-
-
-def save_yaml(config: Config, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -10,11 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from nnal.errors import DatasetError
+
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-
-
-class DatasetError(ValueError):
-    """A problem with the input dataset. The message is one line: ``<file>: <problem>``."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from nnal.analysis.extras import build_full_report
+from nnal.analysis.tables import dice_table
 from nnal.config import Config
 from nnal.loop import run_experiment
-from nnal.report_table import dice_table
 
 BUNDLED = Path(__file__).resolve().parents[2] / "data" / "Task04_Hippocampus"
 STRATEGIES = ("random", "usimf")

@@ -2,56 +2,47 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from nnal.analysis.report import ReportExtras, SegmentationExample
+from nnal.experiment import ExperimentFolder
 
 CORRELATION_SLICES = 300  # the paper: "a randomly selected subset of the unlabeled dataset"
 
 
-def _backend(folder: Path):
+def _backend(folder: ExperimentFolder):
     from nnal.backend.session import Backend  # torch and nnU-Net only when predictions are drawn
 
-    env = json.loads((folder / "environment.json").read_text())
-    root = env.get("nnunet_root")
+    root = folder.read_environment().get("nnunet_root")
     if not root or not Path(root).is_dir():
         return None
     return Backend.reopen(Path(root), "cpu")
 
 
-def _weights(folder: Path, round_: int):
-    import torch
-
-    return torch.load(folder / f"round_{round_:03d}" / "checkpoint.pt", map_location="cpu",
-                      weights_only=True)["network_weights"]
+def _model(backend, folder: ExperimentFolder, round_: int):
+    return backend.model(backend.load_weights(folder.checkpoint_file(round_)))
 
 
-def _rounds(folder: Path) -> list[int]:
-    return sorted(int(p.parent.name[6:]) for p in folder.glob("round_*/checkpoint.pt"))
-
-
-def _first_round_scores(folder: Path, key: str):
-    """Round 1's ``scores.npz`` when it holds ``key`` (the first selection made by a trained model)."""
-    scores_file = folder / "round_001" / "scores.npz"
-    if not scores_file.is_file():
+def _first_round_scores(folder: ExperimentFolder, key: str) -> dict[str, np.ndarray] | None:
+    """Round 1's scores when they hold ``key`` (the first selection made by a trained model)."""
+    if not folder.scores_file(1).is_file():
         return None
-    scores = np.load(scores_file)
-    return scores if key in scores.files else None
+    scores = folder.read_scores(1)
+    return scores if key in scores else None
 
 
-def embedding_extras(folder: Path, extras: ReportExtras, max_points: int = 1500, seed: int = 0) -> bool:
+def embedding_extras(path: Path, extras: ReportExtras, max_points: int = 1500, seed: int = 0) -> bool:
     """Fig. 3: round 1's gradient embeddings, unlabeled / query / selected, sized by uncertainty."""
+    folder = ExperimentFolder(path)
     scores = _first_round_scores(folder, "grad_embeddings")
     if scores is None:
         return False
     ids = scores["ids"]
     status = np.full(len(ids), "unlabeled", dtype=object)
     status[np.unique(scores["query"])] = "query"
-    selected = pd.read_csv(folder / "round_001" / "selection.csv")["id"].to_numpy()
+    selected = folder.read_selection(1)["id"].to_numpy()
     status[np.searchsorted(ids, selected)] = "selected"
     keep = np.flatnonzero(status != "unlabeled")
     rest = np.flatnonzero(status == "unlabeled")
@@ -61,30 +52,31 @@ def embedding_extras(folder: Path, extras: ReportExtras, max_points: int = 1500,
     take = np.sort(np.concatenate([keep, rest]))
     extras.embedding = scores["grad_embeddings"][take]
     extras.embedding_status = status[take].astype(str)
-    extras.embedding_uncertainty = scores["usim_uncertainty"][take] if "usim_uncertainty" in scores.files else None
+    extras.embedding_uncertainty = scores["usim_uncertainty"][take] if "usim_uncertainty" in scores else None
     return True
 
 
-def correlation_extras(folder: Path, extras: ReportExtras, seed: int = 0) -> bool:
+def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
     """Fig. 6: misclassified pixels of the round-0 model against MC uncertainty and gradient length."""
+    folder = ExperimentFolder(path)
     scores = _first_round_scores(folder, "class_uncertainty")
     if scores is None:
         return False
     backend = _backend(folder)
     if backend is None:
         return False
-    pool = pd.read_csv(folder / "pool.csv").set_index("id")
+    pool = folder.read_pool().table.set_index("id")
     rng = np.random.default_rng(seed)
     pos = np.sort(rng.choice(len(scores["ids"]), min(CORRELATION_SLICES, len(scores["ids"])), replace=False))
     rows = pool.loc[scores["ids"][pos]]
-    weights = _weights(folder, 0)
+    model = _model(backend, folder, 0)
     errors = np.zeros(len(pos))
     for case, grp in rows.assign(at=np.arange(len(pos))).groupby("case"):
-        _, truth, pred = backend.predict_slices(weights, case, grp["slice"].to_numpy())
+        _, truth, pred = model.predict_slices(case, grp["slice"].to_numpy())
         errors[grp["at"].to_numpy()] = (truth != pred).reshape(len(grp), -1).sum(1)
     extras.error = errors
     extras.predictors = {"MC-dropout uncertainty (sum of class std)": scores["class_uncertainty"][pos].sum(1)}
-    if "grad_embeddings" in scores.files:
+    if "grad_embeddings" in scores:
         extras.predictors["gradient length (L2)"] = np.linalg.norm(scores["grad_embeddings"][pos], axis=1)
     return True
 
@@ -92,11 +84,11 @@ def correlation_extras(folder: Path, extras: ReportExtras, seed: int = 0) -> boo
 def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
     """Figs. 10-12: one test slice (the one with most foreground of the first test case), image, ground truth and
     the prediction after the first and the last round of each experiment."""
-    usable = [f for f in folders if _rounds(f)]
+    usable = [ExperimentFolder(f) for f in folders if ExperimentFolder(f).checkpoint_rounds()]
     backend = _backend(usable[0]) if usable else None
     if backend is None:
         return False
-    case = (usable[0] / "test_cases.txt").read_text().split()[0]
+    case = usable[0].read_test_cases()[0]
     from nnal.backend.inference import load_volume
 
     _, seg = load_volume(backend.folder, case)
@@ -104,10 +96,10 @@ def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
     predictions = {}
     image = gt = None
     for folder in usable:
-        strategy = str(pd.read_csv(folder / "results.csv")["strategy"].iloc[0])
-        rounds = _rounds(folder)
+        strategy = str(folder.read_results()["strategy"].iloc[0])
+        rounds = folder.checkpoint_rounds()
         for r in sorted({rounds[0], rounds[-1]}):
-            image, gt, pred = backend.predict_slices(_weights(folder, r), case, np.array([z]))
+            image, gt, pred = _model(backend, folder, r).predict_slices(case, np.array([z]))
             label = "full" if strategy == "full" else f"{strategy}, round {r}"
             predictions[label] = pred[0]
     extras.segmentations = [SegmentationExample(image[0], gt[0], predictions, f"{case}, slice {z}")]

@@ -1,8 +1,8 @@
 """Reading experiment folders into tidy pandas tables.
 
-An experiment folder (see ``nnal.loop``) holds ``config.yaml``, ``pool.csv``, ``results.csv`` and ``round_NNN/``
-folders with ``selection.csv`` and ``scores.npz``. Every problem with a folder is a :class:`ReportError` whose
-one-line message names the folder or file.
+An experiment folder (laid out by ``nnal.experiment``) holds ``config.yaml``, ``pool.csv``, ``results.csv`` and
+``round_NNN/`` folders with ``selection.csv`` and ``scores.npz``. Every problem with a folder is a
+:class:`ReportError` whose one-line message names the folder or file.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled", "case", "label", "dice"]
+from nnal.errors import ReportError
+from nnal.experiment import RESULT_COLUMNS, SELECTION_COLUMNS, ExperimentFolder
+
 NUMERIC_RESULT_COLUMNS = ["fold", "seed", "round", "n_labeled", "dice"]
-SELECTION_COLUMNS = ["id", "case", "slice", "score"]
 KEYS = ["experiment", "strategy", "fold", "seed"]
 FULL = "full"  # the strategy name of a full-label reference experiment (trains on every pool slice)
-
-
-class ReportError(ValueError):
-    """An experiment folder or file that cannot be read; the one-line message names it."""
 
 
 @dataclass
@@ -72,10 +69,10 @@ def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
     for d in map(Path, dirs):
         if not d.is_dir():
             raise ReportError(f"{d}: no such folder")
-        if (d / "config.yaml").is_file():
+        if ExperimentFolder(d).holds_experiment():
             found.append(d)
             continue
-        children = sorted(c for c in d.iterdir() if c.is_dir() and (c / "config.yaml").is_file())
+        children = sorted(c for c in d.iterdir() if c.is_dir() and ExperimentFolder(c).holds_experiment())
         if not children:
             raise ReportError(f"{d}: not an nnal experiment folder (no config.yaml) and holds none")
         found.extend(children)
@@ -142,7 +139,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_experiment(path: Path | str) -> Experiment:
     """Read one experiment folder (config, environment, state, pool, results, selections)."""
     path = Path(path)
-    cfg_file = path / "config.yaml"
+    folder = ExperimentFolder(path)
+    cfg_file = folder.config_file
     if not cfg_file.is_file():
         raise ReportError(f"{path}: not an nnal experiment folder (no config.yaml)")
     try:
@@ -151,19 +149,19 @@ def load_experiment(path: Path | str) -> Experiment:
         raise ReportError(f"{cfg_file}: malformed YAML ({_one_line(err)})") from None
     if not isinstance(config, dict):
         raise ReportError(f"{cfg_file}: malformed, not a mapping")
-    results = read_results(path / "results.csv")
-    pool = _read_csv(path / "pool.csv", ["id", "case", "slice", "vox_0"], "pool.csv")
-    pool = _numeric(pool, ["id", "slice"] + [c for c in pool.columns if c.startswith("vox_")], path / "pool.csv")
+    results = read_results(folder.results_file)
+    pool = _read_csv(folder.pool_file, ["id", "case", "slice", "vox_0"], "pool.csv")
+    pool = _numeric(pool, ["id", "slice"] + [c for c in pool.columns if c.startswith("vox_")], folder.pool_file)
     selections = {}
-    for rdir in sorted(path.glob("round_[0-9][0-9][0-9]")):
-        sel_file = rdir / "selection.csv"
+    for r in folder.rounds():
+        sel_file = folder.selection_file(r)
         if sel_file.is_file():
             sel = _read_csv(sel_file, SELECTION_COLUMNS, "selection.csv")
             sel = _numeric(sel, ["id", "slice", "score"], sel_file, allow_nan=["score"])
             if not sel["id"].isin(pool["id"]).all():
                 raise ReportError(f"{sel_file}: malformed, slice ids not in pool.csv")
-            selections[int(rdir.name[6:])] = sel.astype({"id": np.int64, "slice": np.int64})
-    return Experiment(path, config, _read_json(path / "environment.json"), _read_json(path / "state.json"),
+            selections[r] = sel.astype({"id": np.int64, "slice": np.int64})
+    return Experiment(path, config, _read_json(folder.environment_file), _read_json(folder.state_file),
                       pool.astype({"id": np.int64}), results, selections)
 
 
@@ -265,7 +263,7 @@ def batch_uncertainty(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.D
                 continue
             ids = sel["id"].to_numpy()
             value, measure = np.nan, None
-            npz = exp.path / f"round_{r:03d}" / "scores.npz"
+            npz = ExperimentFolder(exp.path).scores_file(r)
             if npz.is_file():
                 try:
                     with np.load(npz) as scores:

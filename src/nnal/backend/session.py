@@ -1,4 +1,5 @@
-"""One facade over nnU-Net for the loop: prepare once, then train, evaluate and score per round."""
+"""One facade over nnU-Net for the loop: plan and preprocess once, then per round train, and hand out a model
+bound to a round's weights (scores, gradients, predictions, Dice)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnal.backend import gradients, inference, planning, scoring, training
+from nnal.backend import inference, planning, training
+from nnal.backend.model import Model, load_weights, weights_to_bytes
 from nnal.backend.runtime import configure_nnunet_env, resolve_device, set_threads
 from nnal.dataset import RawDataset, write_nnunet_raw
 
@@ -66,14 +68,6 @@ class Backend:
         self.labels = sorted(int(v) for v in self.dataset_json["labels"].values())
         return self
 
-    def predict_slices(self, weights: Mapping[str, torch.Tensor], case: str, slices: np.ndarray,
-                       batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image ``(n, y, x)`` (first channel), ground truth and argmax prediction of some slices of a case."""
-        net = self.network(weights)
-        data, truth = inference.load_volume(self.folder, case)
-        pred = inference.predict_volume(net, data[:, np.asarray(slices)], self.plans, batch_size, self.device)
-        return data[0, slices], truth[slices], pred
-
     @property
     def planned_batch_size(self) -> int:
         return int(self.plans["configurations"][planning.CONFIGURATION]["batch_size"])
@@ -81,51 +75,41 @@ class Backend:
     def slice_counts(self, cases: list[str]) -> dict[str, np.ndarray]:
         return {c: inference.slice_class_counts(self.folder, c, len(self.labels)) for c in cases}
 
-    def train(self, fold: int, labeled: Mapping[str, np.ndarray], schedule: training.Schedule,
+    def train(self, fold: int, labeled: Mapping[str, np.ndarray], config, epochs: int,
               init_weights: Mapping[str, torch.Tensor] | None, log_dir: Path, seed: int,
               on_step: Callable[[float], None] | None = None) -> dict[str, torch.Tensor]:
+        """Fine-tune ``init_weights`` (None: nnU-Net's initialisation) for ``epochs`` on the labeled slices, with
+        the config's schedule (iterations per epoch, batch size or nnU-Net's planned one, lr, augmentation)."""
+        schedule = training.Schedule(epochs, config.iterations_per_epoch, config.batch_size or self.planned_batch_size,
+                                     config.initial_lr, config.augmentation)
         return training.train(self.plans, self.dataset_json, fold, labeled, schedule, init_weights, log_dir,
                               self.device, seed, on_step)
 
-    def network(self, weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    def network(self, weights: Mapping[str, torch.Tensor] | None) -> torch.nn.Module:
         return inference.build_network(self.plans, self.dataset_json, weights, self.device)
+
+    def model(self, weights: Mapping[str, torch.Tensor] | None) -> Model:
+        """The network bound to one round's weights (build it once per phase)."""
+        return Model(self.network(weights), self.plans, self.folder, self.labels, self.device)
 
     def evaluate(self, weights: Mapping[str, torch.Tensor], cases: list[str], batch_size: int,
                  on_case: Callable[[], None] | None = None) -> list[tuple[str, int, float]]:
         """3D Dice per test case and foreground label: ``[(case, label, dice)]``."""
-        net = self.network(weights)
-        rows = []
-        for case in cases:
-            data, truth = inference.load_volume(self.folder, case)
-            pred = inference.predict_volume(net, data, self.plans, batch_size, self.device)
-            for label, dice in inference.dice_per_class(pred, truth, self.labels[1:]).items():
-                rows.append((case, label, dice))
-            if on_case is not None:
-                on_case()
-        return rows
+        return self.model(weights).dice(cases, batch_size, on_case)
 
-    def score(self, weights: Mapping[str, torch.Tensor], cases: list[tuple[str, np.ndarray]], keys: set[str],
-              mc_passes: int, batch_size: int, seed: int, on_batch: Callable[[int], None] | None = None
-              ) -> dict[str, np.ndarray]:
-        net = self.network(weights)
-        return scoring.score_pool(net, self.plans, self.folder, cases, keys, mc_passes, batch_size, self.device,
-                                  seed, on_batch)
+    def environment(self) -> dict[str, str]:
+        """Versions and the device, for ``environment.json``."""
+        import platform
+        from importlib.metadata import version
 
-    def parameter_count(self, weights: Mapping[str, torch.Tensor], group: str) -> int:
-        net = self.network(weights)
-        return gradients.parameter_count(net, gradients.parameter_names(net, group))
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu"
+        return {"torch": torch.__version__, "nnunetv2": version("nnunetv2"), "device": str(self.device),
+                "device_name": name, "nnunet_root": str(self.root.resolve())}
 
-    def gradient_embeddings(self, weights: Mapping[str, torch.Tensor], cases: list[tuple[str, np.ndarray]],
-                            group: str, index: np.ndarray | None, batch_size: int,
-                            on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Per-slice gradients of the pseudo-label log-likelihood w.r.t. a parameter group, ``index`` entries."""
-        net = self.network(weights)
-        return scoring.gradient_embeddings(net, self.plans, self.folder, cases, gradients.parameter_names(net, group),
-                                           index, batch_size, self.device, on_batch)
+    @staticmethod
+    def checkpoint_bytes(weights: Mapping[str, torch.Tensor], **meta: object) -> bytes:
+        return weights_to_bytes(weights, **meta)
 
-    def fisher(self, weights: Mapping[str, torch.Tensor], cases: list[tuple[str, np.ndarray]], counts: np.ndarray,
-               group: str, batch_size: int) -> np.ndarray:
-        """Diagonal empirical Fisher of a parameter group over slices drawn ``counts`` times each."""
-        net = self.network(weights)
-        return scoring.fisher_diagonal(net, self.plans, self.folder, cases, counts,
-                                       gradients.parameter_names(net, group), batch_size, self.device)
+    @staticmethod
+    def load_weights(path: Path) -> dict[str, torch.Tensor]:
+        return load_weights(path)

@@ -1,61 +1,246 @@
-"""Strategy protocol and registry.
+"""Strategy declaration, its options, the model seam a preparation step talks to, and the registry.
 
-A strategy is a pure function ``select(scores, budget, rng, **options) -> ids``:
-numpy arrays in, slice ids out, randomness only from the given Generator, no torch, no I/O.
+A strategy is a pure function ``select(scores, budget, rng, *, options) -> ids``: numpy arrays in, slice ids out,
+randomness only from the given Generator, no torch, no I/O. ``scores`` maps names to arrays aligned with
+``scores["ids"]`` (the unlabeled pool, in scoring order).
 
-``scores`` maps names to per-slice arrays aligned with ``scores["ids"]`` (the unlabeled pool).
-Keys the scorer can provide (a strategy lists what it reads in ``needs``):
+The scoring phase fills ``scores`` in two steps:
 
-- ``ids``            (N,)   int64 slice ids of the unlabeled pool, always present
-- ``entropy``        (N,)   mean pixel entropy of the softmax, dropout off
-- ``bald``           (N,)   mean pixel mutual information over T MC-dropout passes
-- ``std``            (N,)   mean over classes and pixels of the std across MC passes
-- ``variance``       (N,)   same with the variance (the paper's code behaviour)
-- ``class_uncertainty`` (N, C) per-class mean MC std, foreground classes only
-- ``features``       (N, D) pooled bottleneck features
-- ``badge_embeddings`` (N, E) closed-form head gradients (softmax - onehot(pseudo label)) x features, flattened
-- ``labeled_features`` (L, D) pooled bottleneck features of the labeled set
-- ``labeled_class_voxels`` (C,) annotated voxels per foreground class in the labeled set
+1. the model's one batched pass over the unlabeled pool gives the keys in ``needs`` (see ``MODEL_SCORE_KEYS``):
+
+   - ``entropy``        (N,)   mean pixel entropy of the softmax, dropout off
+   - ``bald``           (N,)   mean pixel mutual information over T MC-dropout passes
+   - ``std``            (N,)   mean over classes and pixels of the std across MC passes
+   - ``variance``       (N,)   same with the variance (the paper's code behaviour)
+   - ``class_uncertainty`` (N, C) per-class mean MC std, foreground classes only
+   - ``features``       (N, D) pooled bottleneck features
+   - ``badge_embeddings`` (N, E) closed-form head gradients (softmax - onehot(pseudo label)) x features
+
+2. a strategy's own ``prepare(model, pool, scores, rng, *, options)`` step adds what it alone reads (labeled-set
+   features, USIM's query set and gradient embeddings, ...), named in ``provides``. It talks to the model only
+   through :class:`ModelLike`, numpy in and out.
+
+Options are declared once per strategy (:class:`Option`); ``select`` and ``prepare`` take them keyword-only,
+each the ones its signature names. Unknown options, wrong types and values are :class:`ConfigError` lines.
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from nnal.errors import ConfigError
+from nnal.strategies.checks import check_budget, check_scores
 
 Scores = Mapping[str, np.ndarray]
-# arrays that are not one row per pool slice: USIM's query positions and the Fisher values of its parameters
-UNALIGNED_KEYS = frozenset({"query", "fisher"})
 SelectFn = Callable[..., np.ndarray]
+PrepareFn = Callable[..., dict[str, np.ndarray]]
+CaseSlices = list[tuple[str, np.ndarray]]
+
+MODEL_SCORE_KEYS = frozenset({"entropy", "bald", "std", "variance", "class_uncertainty", "features",
+                              "badge_embeddings"})
+_POSITIONAL = {"select": ("scores", "budget", "rng"), "prepare": ("model", "pool", "scores", "rng")}
+
+
+class ModelLike(Protocol):
+    """One round's model, as a preparation step sees it (``nnal.backend.model.Model`` or a test double)."""
+
+    def scores(self, cases: CaseSlices, keys: set[str], *, mc_passes: int, batch_size: int, seed: int,
+               on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]: ...
+
+    def parameter_count(self, group: str) -> int: ...
+
+    def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
+                            on_batch: Callable[[int], None] | None = None) -> np.ndarray: ...
+
+    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What the scoring phase knows of this round's pool: the unlabeled slices to score and the labeled set."""
+
+    ids: np.ndarray  # unlabeled slice ids, sorted (case, slice order)
+    cases: CaseSlices  # the same slices as ``[(case, slice indices)]``
+    labeled_cases: CaseSlices
+    labeled_class_voxels: np.ndarray  # (C,) annotated voxels per foreground class in the labeled set
+    mc_passes: int
+    batch_size: int
+    seed: int  # the scoring phase's seed: MC-dropout masks and the prepare step's Generator
+    on_batch: Callable[[int], None] | None = None
+
+    def cases_of(self, positions: np.ndarray) -> CaseSlices:
+        """The ``[(case, slices)]`` list of the pool positions ``positions`` (sorted, unique)."""
+        keep = set(np.asarray(positions).tolist())
+        out, start = [], 0
+        for case, slices in self.cases:
+            mask = np.fromiter((start + k in keep for k in range(len(slices))), bool, len(slices))
+            if mask.any():
+                out.append((case, np.asarray(slices)[mask]))
+            start += len(slices)
+        return out
+
+
+@dataclass(frozen=True)
+class Option:
+    """One strategy option: name, type (a typing annotation, checked strictly), default and one line of help."""
+
+    name: str
+    kind: Any
+    default: Any
+    help: str
+
+    def check(self, strategy: str, value: Any) -> Any:
+        try:
+            return _adapter(self.kind).validate_python(value)
+        except ValidationError as err:
+            message = err.errors(include_url=False)[0]["msg"]
+            raise ConfigError(f"strategy_options.{self.name}: {message} for {strategy} "
+                              f"(expected {self.type_text}), got {value!r}") from None
+
+    @property
+    def type_text(self) -> str:
+        return describe_type(self.kind)
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """A named selection rule and the per-slice scores it reads."""
+    """A named selection rule: its declared options, the model scores it reads and its optional prepare step."""
 
     name: str
     select: SelectFn
-    needs: tuple[str, ...] = ()
-    mc_dropout: bool = False
+    needs: tuple[str, ...] = ()  # model score keys of the unlabeled pool (MODEL_SCORE_KEYS)
+    options: tuple[Option, ...] = ()
+    prepare: PrepareFn | None = None
+    provides: tuple[str, ...] = ()  # keys the prepare step adds to ``scores``
     score_key: str | None = None  # the score recorded next to each selected id
-    option_needs: Callable[..., tuple[str, ...]] | None = None  # extra keys some options read
+    help: str = ""
+    option_needs: Callable[..., tuple[str, ...]] | None = None  # extra model keys some option values read
+    _routes: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def needs_for(self, **options: object) -> tuple[str, ...]:
-        """The score keys read under ``options``: ``needs`` plus what ``option_needs(**options)`` adds."""
-        extra = () if self.option_needs is None else tuple(self.option_needs(**options))
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - MODEL_SCORE_KEYS
+        if unknown:
+            raise TypeError(f"strategy {self.name!r}: needs {sorted(unknown)} are not model scores")
+        declared = {o.name for o in self.options}
+        routes = {"select": _keyword_only(self.select, "select", self.name)}
+        if self.prepare is not None:
+            routes["prepare"] = _keyword_only(self.prepare, "prepare", self.name)
+        accepted = {name for names in routes.values() for name in names}
+        if accepted != declared:
+            raise TypeError(f"strategy {self.name!r}: declared options {sorted(declared)} differ from the keyword-only "
+                            f"parameters of its functions {sorted(accepted)}")
+        self._routes.update(routes)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {o.name: o.default for o in self.options}
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The given options with their values checked (defaults are not filled in); ConfigError otherwise."""
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"strategy_options: must be a mapping of option names to values, got {options!r}")
+        by_name = {o.name: o for o in self.options}
+        unknown = sorted(set(options) - set(by_name))
+        if unknown:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise ConfigError(f"strategy_options: {self.name} has no option {', '.join(map(repr, unknown))}; "
+                              f"known: {known}")
+        return {key: by_name[key].check(self.name, value) for key, value in options.items()}
+
+    def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option: the checked given values over the defaults."""
+        return {**self.defaults, **self.check_options(options)}
+
+    def needs_for(self, options: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The model score keys read under ``options``: ``needs`` plus what ``option_needs`` adds."""
+        if self.option_needs is None:
+            return self.needs
+        extra = tuple(self.option_needs(**self.resolve(options or {})))
         return self.needs + tuple(key for key in extra if key not in self.needs)
 
-    def __call__(self, scores: Scores, budget: int, rng: np.random.Generator, **options: object) -> np.ndarray:
-        ids = check_scores(scores, self.needs_for(**options))
+    def _for(self, step: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        resolved = self.resolve(options)
+        return {name: resolved[name] for name in self._routes[step]}
+
+    def score(self, model: ModelLike, pool: PoolView, options: Mapping[str, Any] | None = None
+              ) -> dict[str, np.ndarray]:
+        """The scoring phase: the model's pass over the unlabeled pool, then the strategy's prepare step."""
+        options = options or {}
+        scores: dict[str, np.ndarray] = {"ids": pool.ids}
+        keys = set(self.needs_for(options))
+        if keys:
+            scores.update(model.scores(pool.cases, keys, mc_passes=pool.mc_passes, batch_size=pool.batch_size,
+                                       seed=pool.seed, on_batch=pool.on_batch))
+        if self.prepare is not None:
+            rng = np.random.default_rng(pool.seed)
+            scores.update(self.prepare(model, pool, scores, rng, **self._for("prepare", options)))
+        return scores
+
+    def __call__(self, scores: Scores, budget: int, rng: np.random.Generator,
+                 options: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Select ``budget`` ids (capped at the pool) from ``scores`` under ``options``."""
+        options = options or {}
+        ids = check_scores(scores, self.needs_for(options) + self.provides)
         budget = check_budget(budget, len(ids))
         if budget == 0:
             return np.empty(0, dtype=np.int64)
-        chosen = np.asarray(self.select(scores, budget, rng, **options), dtype=np.int64)
+        chosen = np.asarray(self.select(scores, budget, rng, **self._for("select", options)), dtype=np.int64)
         if len(chosen) != budget or len(np.unique(chosen)) != budget or not np.isin(chosen, ids).all():
             raise RuntimeError(f"strategy {self.name!r} returned an invalid selection")
         return chosen
+
+    def describe(self) -> str:
+        """Name, help and one line per option (``nnal strategies``)."""
+        lines = [f"{self.name}: {self.help}" if self.help else self.name]
+        for o in sorted(self.options, key=lambda o: o.name):
+            lines.append(f"    {o.name} = {o.default!r}  ({o.type_text})  {o.help}")
+        return "\n".join(lines)
+
+
+def _keyword_only(fn: Callable, step: str, strategy: str) -> tuple[str, ...]:
+    """The option names ``fn`` takes keyword-only; its positional parameters must be the step's, no **kwargs."""
+    params = list(inspect.signature(fn).parameters.values())
+    positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if positional != _POSITIONAL[step] or any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+        raise TypeError(f"strategy {strategy!r}: {step} must be ({', '.join(_POSITIONAL[step])}, *, options)")
+    return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY)
+
+
+_ADAPTERS: dict[Any, TypeAdapter] = {}
+
+
+def _adapter(kind: Any) -> TypeAdapter:
+    if kind not in _ADAPTERS:
+        _ADAPTERS[kind] = TypeAdapter(kind, config=ConfigDict(strict=True))
+    return _ADAPTERS[kind]
+
+
+def describe_type(kind: Any) -> str:
+    """A short human reading of an option's annotation: ``float >= 0``, ``weighted|uniform``, ``int or 'elbow'``."""
+    origin = typing.get_origin(kind)
+    if origin is typing.Annotated:
+        base, *meta = typing.get_args(kind)
+        bounds = []
+        for m in meta:
+            for item in getattr(m, "metadata", [m]):
+                for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                    if getattr(item, attr, None) is not None:
+                        bounds.append(f"{sign} {getattr(item, attr)}")
+        return " ".join([describe_type(base), *bounds])
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(kind))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(describe_type(a) for a in typing.get_args(kind))
+    if kind is type(None):
+        return "null"
+    return getattr(kind, "__name__", str(kind))
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -70,42 +255,9 @@ def register(strategy: Strategy) -> Strategy:
 
 
 def get_strategy(name: str) -> Strategy:
-    """Look a strategy up by name; the error lists the known names."""
+    """Look a strategy up by name; the ConfigError lists the known names."""
     try:
         return REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         known = ", ".join(sorted(REGISTRY))
-        raise ValueError(f"unknown strategy {name!r}; known: {known}") from None
-
-
-def check_scores(scores: Scores, needs: tuple[str, ...]) -> np.ndarray:
-    """Validate that ``scores`` holds ``ids`` and every needed array, aligned; return the ids."""
-    if "ids" not in scores:
-        raise ValueError("scores must contain 'ids'")
-    ids = np.asarray(scores["ids"])
-    if ids.ndim != 1:
-        raise ValueError("scores['ids'] must be one-dimensional")
-    for key in needs:
-        if key not in scores:
-            raise ValueError(f"scores lack {key!r}")
-        arr = np.asarray(scores[key])
-        if key.startswith("labeled_") or key in UNALIGNED_KEYS:
-            continue
-        if arr.shape[0] != len(ids):
-            raise ValueError(f"scores[{key!r}] has {arr.shape[0]} rows, expected {len(ids)}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"scores[{key!r}] contains NaN or inf")
-    return ids
-
-
-def check_budget(budget: int, pool_size: int) -> int:
-    """A budget is a non-negative int; it is capped at the pool size."""
-    if int(budget) != budget or budget < 0:
-        raise ValueError(f"budget must be a non-negative integer, got {budget!r}")
-    return min(int(budget), pool_size)
-
-
-def top_k(ids: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` ids of highest value; ties broken by the lower id, so the result is deterministic."""
-    order = np.lexsort((ids, -np.asarray(values, dtype=np.float64)))
-    return ids[order[:k]]
+        raise ConfigError(f"strategy: unknown {name!r}; known: {known}") from None

@@ -1,47 +1,24 @@
 """The pure pieces of USIM (paper section 3.3, Appendix A): query set, Fisher, similarities, FLQMI selection.
 
-Positions index the pool arrays (rows of the score arrays), not slice ids. The backend computes the gradient
-embeddings between these steps; the ``usimc``/``usimf`` strategies that chain them live in the round orchestration.
+Positions index the pool arrays (rows of the score arrays), not slice ids. USIMC and USIMF each own a prepare
+step (query set, parameter subset, gradient embeddings from the model seam) and a select step (similarity, FLQMI).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
-from nnal.strategies.base import Scores, Strategy, register
+from nnal.strategies.base import ModelLike, Option, PoolView, Scores, Strategy, register
+from nnal.strategies.checks import CHUNK_ELEMENTS, row_blocks
+from nnal.strategies.checks import count as _count
+from nnal.strategies.checks import finite_array as _finite
 
-CHUNK_ELEMENTS = 1 << 22  # floats per temporary block
 QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
 OPTIMIZERS = ("stochastic", "exact")
-
-
-def _blocks(n: int, cols: int, chunk_elements: int) -> Iterator[slice]:
-    step = max(1, int(chunk_elements) // max(1, cols))
-    for start in range(0, n, step):
-        yield slice(start, min(start + step, n))
-
-
-def _finite(arr: object, name: str, ndim: int, nonnegative: bool = False) -> np.ndarray:
-    out = np.asarray(arr)
-    if out.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {out.shape}")
-    if not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer)):
-        raise ValueError(f"{name} must be real-valued, got dtype {out.dtype}")
-    flat = out.reshape(out.shape[0], int(np.prod(out.shape[1:])))
-    for rows in _blocks(len(flat), flat.shape[1], CHUNK_ELEMENTS):  # no full-size temporaries
-        if not np.isfinite(flat[rows]).all():
-            raise ValueError(f"{name} contains NaN or inf")
-        if nonnegative and (flat[rows] < 0).any():
-            raise ValueError(f"{name} must be non-negative")
-    return out
-
-
-def _count(value: int, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 # --- query set ------------------------------------------------------------------------------------------------
@@ -190,7 +167,7 @@ def diagonal_fisher(per_sample_grads: np.ndarray, chunk_elements: int = CHUNK_EL
     (The paper's code summed the gradient of sample 0 only.)
     """
     g = _finite(per_sample_grads, "per_sample_grads", 2)
-    return accumulate_fisher(g[rows] for rows in _blocks(len(g), g.shape[1], chunk_elements))
+    return accumulate_fisher(g[rows] for rows in row_blocks(len(g), g.shape[1], chunk_elements))
 
 
 def sample_parameters(fisher: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -237,7 +214,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def _product(u: np.ndarray, right: np.ndarray, dtype: np.dtype, chunk_elements: int, normalize: bool) -> np.ndarray:
     out = np.empty((len(u), right.shape[1]), dtype=np.float32)
-    for rows in _blocks(len(u), max(u.shape[1], right.shape[1]), chunk_elements):
+    for rows in row_blocks(len(u), max(u.shape[1], right.shape[1]), chunk_elements):
         block = u[rows].astype(dtype)
         out[rows] = (_unit_rows(block) if normalize else block) @ right
     return out
@@ -302,28 +279,84 @@ def usim_select(
 
 
 # --- the two strategies ---------------------------------------------------------------------------------------
-# The scoring phase (nnal.usim_scoring) draws the query set, the parameter subset and the gradient embeddings;
-# what is left here is pure: similarity, then FLQMI.
+# prepare (the scoring phase): query set, parameter subset and gradient embeddings from the model;
+# select: similarity, then FLQMI. Both draw from the scoring / selection phase's own Generator.
 
 
-def usimc_select(scores: Scores, budget: int, rng: np.random.Generator, eta: float = 1.0,
-                 optimizer: str = "stochastic", epsilon: float = 0.01, **_: object) -> np.ndarray:
+def _query(scores: Scores, pool: PoolView, rng: np.random.Generator, query_mode: str, query_size: int | str,
+           query_floor: int | None) -> dict[str, np.ndarray]:
+    cu = scores["class_uncertainty"]
+    weighted = weighted_uncertainty(cu, class_weights(pool.labeled_class_voxels))
+    size = elbow_size(weighted, floor=query_floor) if query_size == "elbow" else int(query_size)
+    query = query_set(cu, pool.labeled_class_voxels, size, rng, mode=query_mode)
+    return {"query": query, "usim_uncertainty": weighted, "labeled_class_voxels": pool.labeled_class_voxels}
+
+
+def usimc_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
+                  query_mode: str = "weighted", query_size: int | str = "elbow", query_floor: int | None = None,
+                  embedding_dim: int = 10_000) -> dict[str, np.ndarray]:
+    """Query set, then bottleneck gradient embeddings of every pool slice (a seeded subset of ``embedding_dim``)."""
+    out = _query(scores, pool, rng, query_mode, query_size, query_floor)
+    n_params = model.parameter_count("bottleneck")
+    index = truncate_indices(n_params, embedding_dim, rng) if n_params > embedding_dim else None
+    out["grad_embeddings"] = model.gradient_embeddings(pool.cases, group="bottleneck", index=index,
+                                                       batch_size=pool.batch_size, on_batch=pool.on_batch)
+    return out
+
+
+def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
+                  query_mode: str = "weighted", query_size: int | str = "elbow", query_floor: int | None = None,
+                  embedding_dim: int = 10_000, fisher_group: str = "network") -> dict[str, np.ndarray]:
+    """Query set, diagonal Fisher over it (Eq. 3), ``embedding_dim`` parameters sampled by Fisher, embeddings."""
+    out = _query(scores, pool, rng, query_mode, query_size, query_floor)
+    unique, counts = np.unique(out["query"], return_counts=True)
+    fisher = model.fisher(pool.cases_of(unique), counts, group=fisher_group, batch_size=pool.batch_size)
+    index = sample_parameters(fisher, min(embedding_dim, len(fisher)), rng)
+    out["fisher"] = fisher[index].astype(np.float32)
+    out["grad_embeddings"] = model.gradient_embeddings(pool.cases, group=fisher_group, index=index,
+                                                       batch_size=pool.batch_size, on_batch=pool.on_batch)
+    return out
+
+
+def usimc_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: float = 1.0,
+                 optimizer: str = "stochastic", epsilon: float = 0.01) -> np.ndarray:
     """USIMC: cosine similarity of bottleneck gradient embeddings between pool and query set, then FLQMI."""
     g = np.asarray(scores["grad_embeddings"])
     s = cosine_similarity(g, g[np.asarray(scores["query"])])
     return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon)]
 
 
-def usimf_select(scores: Scores, budget: int, rng: np.random.Generator, eta: float = 1.0,
-                 optimizer: str = "stochastic", epsilon: float = 0.01, damping: float = 1e-8,
-                 **_: object) -> np.ndarray:
+def usimf_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: float = 1.0,
+                 optimizer: str = "stochastic", epsilon: float = 0.01, damping: float = 1e-8) -> np.ndarray:
     """USIMF: Fisher-kernel similarity g_u^T F^-1 g_q on Fisher-sampled parameters, then FLQMI."""
     g = np.asarray(scores["grad_embeddings"])
     s = fisher_similarity(g, g[np.asarray(scores["query"])], np.asarray(scores["fisher"]), damping=damping)
     return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon)]
 
 
-_USIM_NEEDS = ("class_uncertainty", "labeled_class_voxels", "usim_uncertainty", "query", "grad_embeddings")
-register(Strategy("usimc", usimc_select, needs=_USIM_NEEDS, mc_dropout=True, score_key="usim_uncertainty"))
-register(Strategy("usimf", usimf_select, needs=(*_USIM_NEEDS, "fisher"), mc_dropout=True,
-                  score_key="usim_uncertainty"))
+_PositiveInt = Annotated[int, Field(ge=1)]
+_COMMON = (
+    Option("query_mode", Literal["weighted", "uniform", "max-uncertainty"], "weighted",
+           "how the query set is drawn: the paper's uncertainty-weighted draws, or Appendix D's variants"),
+    Option("query_size", Literal["elbow"] | _PositiveInt, "elbow", "Q: the elbow of the uncertainty curve or a size"),
+    Option("query_floor", _PositiveInt | None, None, "the least Q (the paper's code: 5 * budget); null: none"),
+    Option("embedding_dim", _PositiveInt, 10_000, "gradient embedding entries (parameters) kept"),
+    Option("eta", Annotated[float, Field(ge=0, allow_inf_nan=False)], 1.0,
+           "weight of the query-coverage term of FLQMI (Eq. 1)"),
+    Option("optimizer", Literal["stochastic", "exact"], "stochastic",
+           "FLQMI maximiser: stochastic greedy (the paper) or lazy greedy"),
+    Option("epsilon", Annotated[float, Field(gt=0, lt=1)], 0.01, "stochastic greedy's epsilon"),
+)
+_USIM_NEEDS = ("class_uncertainty",)
+_USIM_PROVIDES = ("labeled_class_voxels", "usim_uncertainty", "query", "grad_embeddings")
+register(Strategy("usimc", usimc_select, needs=_USIM_NEEDS, prepare=usimc_prepare, provides=_USIM_PROVIDES,
+                  options=_COMMON, score_key="usim_uncertainty",
+                  help="USIMC: FLQMI on cosine similarity of bottleneck gradient embeddings"))
+register(Strategy("usimf", usimf_select, needs=_USIM_NEEDS, prepare=usimf_prepare,
+                  provides=(*_USIM_PROVIDES, "fisher"), score_key="usim_uncertainty",
+                  options=(*_COMMON,
+                           Option("fisher_group", Literal["network", "decoder", "bottleneck"], "network",
+                                  "parameters of the Fisher kernel: the network (Eq. 3) or the decoder (the code)"),
+                           Option("damping", Annotated[float, Field(ge=0, allow_inf_nan=False)], 1e-8,
+                                  "added to the Fisher diagonal before inverting")),
+                  help="USIMF: FLQMI on the Fisher-kernel similarity of gradient embeddings"))

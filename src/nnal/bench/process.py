@@ -12,14 +12,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-_TIMEOUT_S = 1800.0
+TIMEOUT_S = 1800.0
 _GUARD = {"note": ""}  # set in a submodlib worker process once its memory is capped
 
 
 # ----------------------------------------------------------------------------------------------- measurement
 
 
-def _status_kb(field: str) -> int | None:
+def proc_status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -30,7 +30,7 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (Linux >= 4.0); False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -40,24 +40,24 @@ def _reset_peak() -> bool:
         return False
 
 
-def _peak_mb() -> float:
-    kb = _status_kb("VmHWM")
+def read_peak_rss_mb() -> float:
+    kb = proc_status_kb("VmHWM")
     if kb is None:  # not Linux: lifetime peak, an over-estimate
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024
 
 
-def _measure(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
+def measure(fn: Callable[[], Any]) -> tuple[Any, float, float, float]:
     """Run ``fn``; return (result, seconds, peak RSS MB during the call, RSS MB before it)."""
-    before = (_status_kb("VmRSS") or 0) / 1024
-    _reset_peak()
+    before = (proc_status_kb("VmRSS") or 0) / 1024
+    reset_peak_rss()
     t0 = time.perf_counter()
     res = fn()
     sec = time.perf_counter() - t0
-    return res, sec, _peak_mb(), before
+    return res, sec, read_peak_rss_mb(), before
 
 
-def _limit_memory(s_bytes: int) -> None:
+def limit_memory(s_bytes: int) -> None:
     """Cap this process's address space so submodlib fails with MemoryError instead of exhausting the machine."""
     avail_kb = None
     try:
@@ -67,7 +67,7 @@ def _limit_memory(s_bytes: int) -> None:
                     avail_kb = int(line.split()[1])
     except OSError:
         return
-    vm_kb = _status_kb("VmSize")
+    vm_kb = proc_status_kb("VmSize")
     if avail_kb is None or vm_kb is None:
         return
     allowance = int(min(0.5 * avail_kb * 1024, 3 * s_bytes + (1 << 30)))
@@ -88,7 +88,7 @@ def _child(conn: Any, fn: Callable[..., dict[str, Any]], args: tuple) -> None:
     conn.close()
 
 
-def _in_subprocess(fn: Callable[..., dict[str, Any]], args: tuple, timeout: float = _TIMEOUT_S) -> dict[str, Any]:
+def run_in_subprocess(fn: Callable[..., dict[str, Any]], args: tuple, timeout: float = TIMEOUT_S) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(send, fn, args), daemon=True)

@@ -1,4 +1,4 @@
-"""Argument checks, thread count and chunk size shared by the maximisers of :mod:`nnal.submodular`."""
+"""Argument checks, thread count and chunk size shared by the maximisers of :mod:`nnal.submodular.maximize`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 _CHUNK_BYTES = 1 << 21  # numpy backend: rows of S are processed in blocks of about this size (fits in L2/L3)
 
 
-def _resolve_threads(threads: int | None) -> int:
+def resolve_threads(threads: int | None) -> int:
     """``threads``, or ``OMP_NUM_THREADS`` if set, or the CPUs this process may run on."""
     if threads is None:
         try:
@@ -36,11 +36,11 @@ def _resolve_threads(threads: int | None) -> int:
 # ------------------------------------------------------------------------------------------------- validation
 
 
-def _chunk_rows(S: np.ndarray) -> int:
+def rows_per_chunk(S: np.ndarray) -> int:
     return max(1, min(S.shape[0], _CHUNK_BYTES // max(1, S.shape[1] * S.itemsize)))
 
 
-def _as_matrix(S: np.ndarray) -> np.ndarray:
+def as_similarity_matrix(S: np.ndarray) -> np.ndarray:
     if not isinstance(S, np.ndarray):
         S = np.asarray(S)
     if S.ndim != 2:
@@ -54,26 +54,26 @@ def _as_matrix(S: np.ndarray) -> np.ndarray:
     return S
 
 
-def _check_eta(eta: float) -> float:
+def check_eta(eta: float) -> float:
     eta = float(eta)
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be finite and >= 0, got {eta}")
     return eta
 
 
-def _validate(S: np.ndarray, budget: int, eta: float) -> tuple[np.ndarray, int, float]:
-    S = _as_matrix(S)
+def validate_problem(S: np.ndarray, budget: int, eta: float) -> tuple[np.ndarray, int, float]:
+    S = as_similarity_matrix(S)
     try:
         budget = operator.index(budget)
     except TypeError:
         raise ValueError(f"budget must be an integer, got {budget!r}") from None
     if not 0 <= budget <= S.shape[0]:
         raise ValueError(f"budget must be in [0, {S.shape[0]}] (rows of S), got {budget}")
-    eta = _check_eta(eta)
+    eta = check_eta(eta)
     return S, budget, eta
 
 
-def _as_indices(selected: np.ndarray, n: int) -> np.ndarray:
+def as_row_indices(selected: np.ndarray, n: int) -> np.ndarray:
     sel = np.asarray(selected)
     if sel.size == 0:
         return np.empty(0, dtype=np.int64)

@@ -23,48 +23,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from nnal.bench_process import _TIMEOUT_S, _in_subprocess
-
-SCALES: dict[str, tuple[int, int]] = {
-    "hippocampus": (7662, 942),
-    "medium": (30000, 3000),
-    "liver": (104133, 6606),
-}
-VOLUMES = {"hippocampus": 260, "medium": 100, "liver": 131}  # scans in the Decathlon tasks (medium: made up)
-BUDGET = 100
-ETA = 1.0
-EPSILON = 0.01
-REPEATS = 5  # timed runs of our stochastic greedy (one process; the same rng seed each time)
-
-
-def similarity_matrix(
-    n: int, q: int, seed: int = 0, volumes: int = 100, dim: int = 64, modes: int = 8, step: float = 0.1
-) -> np.ndarray:
-    """Seeded synthetic ``(n, q)`` float32 similarity matrix, shifted so its minimum is 0.
-
-    Models cosine similarities of slice embeddings: ``volumes`` scans of consecutive slices, each scan a smooth
-    random walk (step ``step``) around its own centre, the centres spread around ``modes`` shared anatomies, in
-    ``dim`` dimensions. Neighbouring slices are near-duplicates, scans of one anatomy resemble each other, and
-    the query set is drawn from the pool with replacement as USIM does (exact self-matches). Built in row chunks
-    of about 4 MiB, so generation needs little beyond the matrix itself.
-    """
-    rng = np.random.default_rng(seed)
-    vol = np.sort(rng.integers(0, volumes, n))
-    centres = rng.standard_normal((modes, dim), dtype=np.float32)[rng.integers(0, modes, volumes)]
-    centres += 0.7 * rng.standard_normal((volumes, dim), dtype=np.float32)
-    walk = np.cumsum(step * rng.standard_normal((n, dim), dtype=np.float32), axis=0)
-    walk -= walk[np.searchsorted(vol, vol)]  # every scan starts at its centre
-    emb = centres[vol] + walk + 0.05 * rng.standard_normal((n, dim), dtype=np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    query_t = np.ascontiguousarray(emb[rng.integers(0, n, q)].T)
-    S = np.empty((n, q), dtype=np.float32)
-    rows = max(1, (1 << 22) // (4 * q))
-    for a in range(0, n, rows):
-        np.matmul(emb[a : a + rows], query_t, out=S[a : a + rows])
-    S -= S.min()
-    return S
+from nnal.bench.process import TIMEOUT_S, run_in_subprocess
+from nnal.bench.scales import BUDGET, EPSILON, ETA, REPEATS, SCALES, VOLUMES
+from nnal.bench.workers import ours_worker, similarity_worker, submodlib_worker
 
 
 def bench_selection(
@@ -93,9 +54,7 @@ def bench_selection(
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_avg_before": _load_avg(),
     }
-    from nnal.bench_workers import _ours_worker, _submodlib_worker  # importable by name also under ``python -m``
-
-    ours = _in_subprocess(_ours_worker, (n, q, seed, VOLUMES[scale], max(1, int(repeats)), threads))
+    ours = run_in_subprocess(ours_worker, (n, q, seed, VOLUMES[scale], max(1, int(repeats)), threads))
     if "error" in ours:
         raise RuntimeError(f"benchmark of our selection failed: {ours['error']}")
     out.update(ours)
@@ -104,7 +63,7 @@ def bench_selection(
     for mode, prefix in (("wrapper", "submodlib"), ("cpp", "submodlib_cpp")):
         res: dict[str, Any] = {"error": "skipped (with_submodlib=False)"} if not with_submodlib else {}
         if with_submodlib:
-            res = _in_subprocess(_submodlib_worker, (n, q, seed, VOLUMES[scale], mode))
+            res = run_in_subprocess(submodlib_worker, (n, q, seed, VOLUMES[scale], mode))
         for key in ("seconds", "build_seconds", "maximize_seconds", "peak_rss_mb", "extra_mb", "objective"):
             out[f"{prefix}_{key}"] = res.get(key)
         if "error" in res:
@@ -226,9 +185,7 @@ def bench_similarity_and_selection(
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_avg_before": _load_avg(),
     }
-    from nnal.bench_workers import _similarity_worker  # importable by name also under ``python -m``
-
-    res = _in_subprocess(_similarity_worker, (n, q, d, seed, kind, device, with_exact), timeout=2 * _TIMEOUT_S)
+    res = run_in_subprocess(similarity_worker, (n, q, d, seed, kind, device, with_exact), timeout=2 * TIMEOUT_S)
     if "error" in res:
         raise RuntimeError(f"similarity benchmark failed: {res['error']}")
     out.update(res)
@@ -288,7 +245,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in res.items()}
     print(json.dumps(clean, indent=2) if a.json else text(res))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from nnal import submodular
-from nnal.bench import BUDGET, EPSILON, ETA, similarity_matrix
-from nnal.bench_process import _limit_memory, _measure, _peak_mb, _reset_peak, _status_kb
-from nnal.submodular import flqmi_greedy, flqmi_objective, flqmi_stochastic_greedy
+from nnal.bench.process import limit_memory, measure, proc_status_kb, read_peak_rss_mb, reset_peak_rss
+from nnal.bench.scales import BUDGET, EPSILON, ETA, similarity_matrix
+from nnal.submodular import backend, flqmi_greedy, flqmi_objective, flqmi_stochastic_greedy
+from nnal.submodular.checks import resolve_threads
+from nnal.submodular.kernel import KERNEL_STATE
 
 
 class _Embeddings:
@@ -48,7 +49,7 @@ def _blas_threads() -> int | None:
     return max(counts) if counts else None
 
 
-def _similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str, with_exact: bool) -> dict[str, Any]:
+def similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str, with_exact: bool) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 0])
     model = _Embeddings(d, rng)
     g_q = model.sample(rng, q)
@@ -59,8 +60,8 @@ def _similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str
     flqmi_stochastic_greedy(np.ones((64, 8), np.float32), 2, np.random.default_rng(0))
     flqmi_greedy(np.ones((64, 8), np.float32), 2)
     compile_s = time.perf_counter() - t0
-    before = (_status_kb("VmRSS") or 0) / 1024
-    _reset_peak()
+    before = (proc_status_kb("VmRSS") or 0) / 1024
+    reset_peak_rss()
     gen_s = gemm_s = transfer_s = 0.0
     t = time.perf_counter()
     if kind == "fisher":  # fold diag(1 / F) into g_q once, in place
@@ -127,7 +128,7 @@ def _similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str
     t = time.perf_counter()
     picks = flqmi_stochastic_greedy(S, BUDGET, np.random.default_rng(seed), ETA, EPSILON)
     sel_s = time.perf_counter() - t
-    peak = _peak_mb()
+    peak = read_peak_rss_mb()
     build_s = fold_s + gemm_s + transfer_s
     out: dict[str, Any] = {
         "seconds": build_s + shift_s + sel_s,
@@ -144,8 +145,8 @@ def _similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str
         "peak_rss_mb": peak,
         "rss_before_mb": before,
         "objective": flqmi_objective(S, picks, ETA),
-        "backend": submodular.backend(),
-        "threads": submodular._resolve_threads(None),
+        "backend": backend(),
+        "threads": resolve_threads(None),
         "blas_threads": _blas_threads(),
     }
     if with_exact:
@@ -156,15 +157,15 @@ def _similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str
     return out
 
 
-def _ours_worker(n: int, q: int, seed: int, volumes: int, repeats: int, threads: int | None) -> dict[str, Any]:
+def ours_worker(n: int, q: int, seed: int, volumes: int, repeats: int, threads: int | None) -> dict[str, Any]:
     S = similarity_matrix(n, q, seed, volumes)
     t0 = time.perf_counter()  # compile (or load from numba's cache) both kernel variants, on a tiny matrix
     flqmi_stochastic_greedy(S[:64], 2, np.random.default_rng(0))
     flqmi_greedy(S[:64], 2)
     out: dict[str, Any] = {
         "compile_seconds": time.perf_counter() - t0,
-        "backend": submodular.backend(),
-        "threads": submodular._resolve_threads(threads),
+        "backend": backend(),
+        "threads": resolve_threads(threads),
         "repeats": repeats,
     }
 
@@ -173,7 +174,7 @@ def _ours_worker(n: int, q: int, seed: int, volumes: int, repeats: int, threads:
 
     times, peaks, picks = [], [], None
     for _ in range(repeats):
-        res, sec, peak, before = _measure(lambda: stochastic(threads))
+        res, sec, peak, before = measure(lambda: stochastic(threads))
         assert picks is None or np.array_equal(res, picks), "stochastic greedy is not deterministic"
         picks = res
         times.append(sec)
@@ -187,26 +188,26 @@ def _ours_worker(n: int, q: int, seed: int, volumes: int, repeats: int, threads:
         extra_mb=max(peaks) - before,
         peak_over_s=max(peaks) / (S.nbytes / 2**20),
         objective=flqmi_objective(S, picks, ETA),
-        peak_reset=_reset_peak(),
+        peak_reset=reset_peak_rss(),
     )
     times = []
     for _ in range(repeats):
-        res, sec, peak, before = _measure(lambda: stochastic(1))
+        res, sec, peak, before = measure(lambda: stochastic(1))
         assert np.array_equal(res, picks), "the picks depend on the thread count"
         times.append(sec)
     out.update(one_thread_seconds=min(times), one_thread_seconds_median=float(np.median(times)))
-    submodular._STATE["force_numpy"] = True
+    KERNEL_STATE["force_numpy"] = True
     try:
-        res, sec, peak, before = _measure(lambda: stochastic(threads))
+        res, sec, peak, before = measure(lambda: stochastic(threads))
     finally:
-        submodular._STATE["force_numpy"] = False
+        KERNEL_STATE["force_numpy"] = False
     out.update(
         numpy_seconds=sec,
         numpy_peak_rss_mb=peak,
         numpy_extra_mb=peak - before,
         numpy_same_picks=bool(np.array_equal(res, picks)),
     )
-    res, sec, peak, before = _measure(lambda: flqmi_greedy(S, BUDGET, ETA, threads=threads))
+    res, sec, peak, before = measure(lambda: flqmi_greedy(S, BUDGET, ETA, threads=threads))
     out.update(
         exact_seconds=sec,
         exact_peak_rss_mb=peak,
@@ -231,11 +232,11 @@ class _RowLists(Sequence):
         return self.S[i].tolist()
 
 
-def _submodlib_worker(n: int, q: int, seed: int, volumes: int, mode: str) -> dict[str, Any]:
+def submodlib_worker(n: int, q: int, seed: int, volumes: int, mode: str) -> dict[str, Any]:
     if mode not in ("wrapper", "cpp"):
         raise ValueError(f"mode must be 'wrapper' or 'cpp', got {mode!r}")
     S = similarity_matrix(n, q, seed, volumes)
-    _limit_memory(S.nbytes)
+    limit_memory(S.nbytes)
     if mode == "wrapper":
         from submodlib import FacilityLocationVariantMutualInformationFunction as FL2MI
 
@@ -261,14 +262,14 @@ def _submodlib_worker(n: int, q: int, seed: int, volumes: int, mode: str) -> dic
         def run(obj: Any) -> list:
             return obj.maximize("StochasticGreedy", BUDGET, False, False, EPSILON, False, False, [], False)
 
-    before = (_status_kb("VmRSS") or 0) / 1024
-    _reset_peak()
+    before = (proc_status_kb("VmRSS") or 0) / 1024
+    reset_peak_rss()
     t0 = time.perf_counter()
     obj = build()
     t1 = time.perf_counter()
     picks = [int(i) for i, _ in run(obj)]
     t2 = time.perf_counter()
-    peak = _peak_mb()
+    peak = read_peak_rss_mb()
     del obj
     return {
         "seconds": t2 - t0,

@@ -23,9 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from nnal.submodular_kernel import _LANES, _argmax_last, _better, _kernel, _lane_sums
-from nnal.submodular_kernel import _STATE as _STATE
-from nnal.submodular_validation import _as_indices, _as_matrix, _check_eta, _chunk_rows, _resolve_threads, _validate
+from nnal.submodular.checks import (
+    as_row_indices,
+    as_similarity_matrix,
+    check_eta,
+    resolve_threads,
+    rows_per_chunk,
+    validate_problem,
+)
+from nnal.submodular.kernel import LANES, argmax_last, gain_kernel, lane_sums, running_best
 
 __all__ = ["backend", "flqmi_greedy", "flqmi_objective", "flqmi_stochastic_greedy", "shift_nonnegative"]
 
@@ -43,7 +49,7 @@ def shift_nonnegative(S: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     ``S`` with nothing clipped. ``inplace=True`` shifts a float array in place (no second copy of ``S``).
     """
     src = S
-    S = _as_matrix(S)
+    S = as_similarity_matrix(S)
     if inplace and S is not src:
         raise ValueError("inplace=True needs a float32 or float64 numpy array")
     lo = S.min()
@@ -57,14 +63,14 @@ def shift_nonnegative(S: np.ndarray, *, inplace: bool = False) -> np.ndarray:
 
 def flqmi_objective(S: np.ndarray, selected: np.ndarray, eta: float = 1.0) -> float:
     """Evaluate Eq. 1 for the row indices ``selected`` (a set: no duplicates); 0.0 for the empty set."""
-    S = _as_matrix(S)
-    eta = _check_eta(eta)
-    sel = _as_indices(selected, S.shape[0])
+    S = as_similarity_matrix(S)
+    eta = check_eta(eta)
+    sel = as_row_indices(selected, S.shape[0])
     if sel.size == 0:
         return 0.0
     colmax = np.zeros(S.shape[1], dtype=S.dtype)
     rowmax_sum = 0.0
-    step = _chunk_rows(S)
+    step = rows_per_chunk(S)
     for a in range(0, sel.size, step):
         rows = S[sel[a : a + step]]
         if not np.isfinite(rows).all():
@@ -83,8 +89,8 @@ def flqmi_greedy(S: np.ndarray, budget: int, eta: float = 1.0, *, threads: int |
     scans its ground set from the last row down and keeps the first strict maximum), so the picks equal submodlib's
     pick for pick up to the order of the float64 summation. ``threads``: see :func:`flqmi_stochastic_greedy`.
     """
-    S, budget, eta = _validate(S, budget, eta)
-    threads = _resolve_threads(threads)
+    S, budget, eta = validate_problem(S, budget, eta)
+    threads = resolve_threads(threads)
     n = S.shape[0]
     if budget == 0:
         return np.empty(0, dtype=np.int64)
@@ -96,7 +102,7 @@ def flqmi_greedy(S: np.ndarray, budget: int, eta: float = 1.0, *, threads: int |
             best_g, best_j = -1.0, -1  # all gains are >= 0
             batch = ev.rows_per_chunk
             if t == 0:
-                best_j = _argmax_last(ub)  # row index == position
+                best_j = argmax_last(ub)  # row index == position
             while t > 0:
                 cand = np.flatnonzero((ub >= best_g) & (fresh != t))  # picked rows hold -inf
                 if cand.size == 0:
@@ -133,13 +139,13 @@ def flqmi_stochastic_greedy(
     use). The picks do not depend on it, nor on whether numba is installed. Deviations from submodlib: see
     docs/submodular.md.
     """
-    S, budget, eta = _validate(S, budget, eta)
+    S, budget, eta = validate_problem(S, budget, eta)
     if not isinstance(rng, np.random.Generator):
         raise ValueError("rng must be a numpy.random.Generator")
     epsilon = float(epsilon)
     if not 0.0 < epsilon < 1.0:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
-    threads = _resolve_threads(threads)
+    threads = resolve_threads(threads)
     n = S.shape[0]
     if budget == 0:
         return np.empty(0, dtype=np.int64)
@@ -193,11 +199,11 @@ class _Gains:
         self.ub = np.full(n, np.inf)
         self.fresh = np.full(n, -1, dtype=np.int64)
         self.rowmax = np.zeros(n, dtype=S.dtype)
-        self.lanes = np.zeros(_LANES, dtype=np.float64 if exact else S.dtype)  # accumulator dtype
-        self.rows_per_chunk = _chunk_rows(S)
+        self.lanes = np.zeros(LANES, dtype=np.float64 if exact else S.dtype)  # accumulator dtype
+        self.rows_per_chunk = rows_per_chunk(S)
         self.threads = threads
         self.min_rows = max(1, _MIN_BYTES_PER_TASK // (q * S.itemsize))
-        self.kernel = _kernel() if S.flags.c_contiguous and S.dtype in (np.float32, np.float64) else None
+        self.kernel = gain_kernel() if S.flags.c_contiguous and S.dtype in (np.float32, np.float64) else None
         self.local = threading.local()  # numpy backend: one buffer per thread
         self.executor = ThreadPoolExecutor(threads - 1) if threads > 1 else None
 
@@ -329,12 +335,12 @@ class _Gains:
                 self.rowmax[idx] = np.maximum(mx, 0)
             np.maximum(src, cur, out=res)
             np.subtract(res, cur, out=res)  # the float terms submodlib computes
-            g = _lane_sums(res, self.lanes.dtype)
+            g = lane_sums(res, self.lanes.dtype)
             if self.eta != 0:
                 g += self.eta * self.rowmax[idx]
             self.ub[idx] = g
             self.fresh[idx] = step
-            best_g, best_j = _better(g, idx, best_g, best_j)
+            best_g, best_j = running_best(g, idx, best_g, best_j)
             if best_g > shared[0]:
                 shared[0] = best_g
         return -1, best_g, best_j
@@ -351,4 +357,4 @@ class _Gains:
 
 def backend() -> str:
     """``"numba"`` or ``"numpy"``: what evaluates gains of C-contiguous float matrices in this process."""
-    return "numpy" if _kernel() is None else "numba"
+    return "numpy" if gain_kernel() is None else "numba"

@@ -1,5 +1,8 @@
-"""Gain kernels of :mod:`nnal.submodular`: the numba kernel :func:`_nb_eval` (compiled by :func:`_kernel`) and the
-numpy helpers that sum gains in the same order, so both backends give identical gains and picks. No I/O.
+"""Gain kernels of :mod:`nnal.submodular`: the numba kernel :func:`_nb_eval` (compiled by :func:`gain_kernel`)
+and the numpy helpers that sum gains in the same order, so both backends give identical gains and picks. No I/O.
+
+``KERNEL_STATE["force_numpy"]`` (initially: ``NNAL_SUBMODULAR_BACKEND=numpy``) makes :func:`gain_kernel` return None,
+so the numpy backend evaluates gains; ``KERNEL_STATE["kernel"]`` caches the compiled kernel.
 """
 
 from __future__ import annotations
@@ -9,28 +12,28 @@ from typing import Any
 
 import numpy as np
 
-_LANES = 32  # a gain is summed in 32 lanes (lane = column % 32, each in column order), then lane by lane
-_STATE: dict[str, Any] = {"force_numpy": os.environ.get("NNAL_SUBMODULAR_BACKEND", "") == "numpy"}
+LANES = 32  # a gain is summed in 32 lanes (lane = column % 32, each in column order), then lane by lane
+KERNEL_STATE: dict[str, Any] = {"force_numpy": os.environ.get("NNAL_SUBMODULAR_BACKEND", "") == "numpy"}
 
 
-def _lane_sums(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def lane_sums(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Row sums of ``res`` in the kernel's order: lane ``l`` adds columns ``l, l + 32, ...`` in turn in ``dtype``
     (numpy reduces a non-contiguous axis element by element), then the 32 lanes are added in order in float64."""
     m, q = res.shape
-    full = q - q % _LANES
+    full = q - q % LANES
     if full:
-        lanes = res[:, :full].reshape(m, full // _LANES, _LANES).sum(axis=1, dtype=dtype)
+        lanes = res[:, :full].reshape(m, full // LANES, LANES).sum(axis=1, dtype=dtype)
     else:
-        lanes = np.zeros((m, _LANES), dtype=dtype)
+        lanes = np.zeros((m, LANES), dtype=dtype)
     if full < q:
         lanes[:, : q - full] += res[:, full:]
     g = lanes[:, 0].astype(np.float64)
-    for lane in range(1, _LANES):
+    for lane in range(1, LANES):
         g += lanes[:, lane]
     return g
 
 
-def _better(g: np.ndarray, rows: np.ndarray, best_g: float, best_j: int) -> tuple[float, int]:
+def running_best(g: np.ndarray, rows: np.ndarray, best_g: float, best_j: int) -> tuple[float, int]:
     """Running maximum over (gain, row) pairs; ties go to the highest row index."""
     if g.size == 0:
         return best_g, best_j
@@ -41,7 +44,7 @@ def _better(g: np.ndarray, rows: np.ndarray, best_g: float, best_j: int) -> tupl
     return best_g, best_j
 
 
-def _argmax_last(g: np.ndarray) -> int:
+def argmax_last(g: np.ndarray) -> int:
     """Position of the last maximum of ``g`` (the highest row index among ties, rows being sorted)."""
     return g.size - 1 - int(np.argmax(g[::-1]))
 
@@ -50,7 +53,7 @@ def _argmax_last(g: np.ndarray) -> int:
 
 
 def _nb_eval(S, rows, bound, cur, eta, first, best_g, best_j, shared, lanes, rowmax, ub, fresh, step):  # noqa: ANN001, ANN202
-    """Numba kernel (compiled by :func:`_kernel`): gains of ``rows`` in order, stopping at the first row whose bound
+    """Numba kernel (compiled by :func:`gain_kernel`): gains of ``rows`` in order, stopping at the first row whose bound
     is below the best gain known (``best_g``, or ``shared[0]``, which threads raise as they go); returns (rows
     evaluated, or -1 - position of a non-finite row; best gain; its row).
 
@@ -157,18 +160,18 @@ def _nb_eval(S, rows, bound, cur, eta, first, best_g, best_j, shared, lanes, row
     return done, best_g, best_j
 
 
-def _kernel() -> Any:
+def gain_kernel() -> Any:
     """The compiled :func:`_nb_eval`, or None without numba (or with ``NNAL_SUBMODULAR_BACKEND=numpy``)."""
-    if _STATE["force_numpy"]:
+    if KERNEL_STATE["force_numpy"]:
         return None
-    if "kernel" not in _STATE:
+    if "kernel" not in KERNEL_STATE:
         try:
             import numba
         except ImportError:
-            _STATE["kernel"] = None
+            KERNEL_STATE["kernel"] = None
         else:
             try:
-                _STATE["kernel"] = numba.njit(nogil=True, cache=True)(_nb_eval)
+                KERNEL_STATE["kernel"] = numba.njit(nogil=True, cache=True)(_nb_eval)
             except RuntimeError:  # no writable cache location
-                _STATE["kernel"] = numba.njit(nogil=True)(_nb_eval)
-    return _STATE["kernel"]
+                KERNEL_STATE["kernel"] = numba.njit(nogil=True)(_nb_eval)
+    return KERNEL_STATE["kernel"]

@@ -1,0 +1,86 @@
+"""The model seam: nnU-Net's network bound to one round's weights, built once per phase, numpy in and out.
+
+Strategies' preparation steps see it through ``nnal.strategies.ModelLike``; the loop and the report use it for
+scores, predictions and Dice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnal.backend import gradients, inference, scoring
+
+CaseSlices = list[tuple[str, np.ndarray]]
+
+
+class Model:
+    """One round's network over one preprocessed dataset."""
+
+    def __init__(self, network: torch.nn.Module, plans: dict, folder: Path, labels: list[int], device: torch.device):
+        self.network = network
+        self.plans = plans
+        self.folder = Path(folder)
+        self.labels = labels
+        self.device = device
+
+    def scores(self, cases: CaseSlices, keys: set[str], *, mc_passes: int, batch_size: int, seed: int,
+               on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        """Per-slice score arrays (``nnal.strategies.MODEL_SCORE_KEYS``) in the order of ``cases`` then slices."""
+        return scoring.score_pool(self.network, self.plans, self.folder, cases, keys, mc_passes, batch_size,
+                                  self.device, seed, on_batch)
+
+    def parameter_count(self, group: str) -> int:
+        """Trainable parameters of a group: ``bottleneck`` (its last convolution), ``decoder`` or ``network``."""
+        return gradients.parameter_count(self.network, gradients.parameter_names(self.network, group))
+
+    def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
+                            on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Per-slice gradients of the pseudo-label log-likelihood w.r.t. a parameter group, ``index`` entries."""
+        names = gradients.parameter_names(self.network, group)
+        return scoring.gradient_embeddings(self.network, self.plans, self.folder, cases, names, index, batch_size,
+                                           self.device, on_batch)
+
+    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int) -> np.ndarray:
+        """Diagonal empirical Fisher of a parameter group over slices drawn ``counts`` times each."""
+        names = gradients.parameter_names(self.network, group)
+        return scoring.fisher_diagonal(self.network, self.plans, self.folder, cases, counts, names, batch_size,
+                                       self.device)
+
+    def predict_slices(self, case: str, slices: np.ndarray, batch_size: int = 128
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``(n, y, x)`` (first channel), ground truth and argmax prediction of some slices of a case."""
+        data, truth = inference.load_volume(self.folder, case)
+        slices = np.asarray(slices)
+        pred = inference.predict_volume(self.network, data[:, slices], self.plans, batch_size, self.device)
+        return data[0, slices], truth[slices], pred
+
+    def dice(self, cases: list[str], batch_size: int, on_case: Callable[[], None] | None = None
+             ) -> list[tuple[str, int, float]]:
+        """3D Dice per case and foreground label: ``[(case, label, dice)]``."""
+        rows = []
+        for case in cases:
+            data, truth = inference.load_volume(self.folder, case)
+            pred = inference.predict_volume(self.network, data, self.plans, batch_size, self.device)
+            for label, value in inference.dice_per_class(pred, truth, self.labels[1:]).items():
+                rows.append((case, label, value))
+            if on_case is not None:
+                on_case()
+        return rows
+
+
+def weights_to_bytes(weights: Mapping[str, torch.Tensor], **meta: object) -> bytes:
+    """A checkpoint's bytes: the network weights and a few facts (round, labeled slices)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"network_weights": weights, **meta}, buf)
+    return buf.getvalue()
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The network weights of a checkpoint written by :func:`weights_to_bytes` (the one loader)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["network_weights"]

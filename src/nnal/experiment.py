@@ -1,0 +1,276 @@
+"""The experiment folder's one owner: its layout, atomic writes, the lock, and the state of each (round, phase).
+
+```
+config.yaml          every setting that decides the result
+environment.json     versions, device, git commit
+pool.csv             slice id, case, slice index, voxels per class
+test_cases.txt       the fold's validation cases (the test set)
+state.json           last finished (round, phase) and seconds per phase
+results.csv          one row per (round, test case, label): RESULT_COLUMNS
+round_NNN/           selection.csv, scores.npz, checkpoint.pt, metrics.csv, nnunet/ (training logs)
+```
+
+Every file is written atomically (temp file, fsync, rename): a reader, or a run resumed after a kill, sees the old
+file or the new one, never half of one. The loop and the report read and write the folder only through here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_yaml
+from nnal.errors import ConfigError, LockedError
+from nnal.pool import SlicePool
+
+PHASES = ("score", "select", "train", "evaluate")
+RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled", "case", "label", "dice"]
+SELECTION_COLUMNS = ["id", "case", "slice", "score"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write temp file in the same folder, fsync, rename: readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are for the whole lab to read
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``<folder>/.lock``; a second process is refused at once."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise LockedError(f"{self.path.parent}: another nnal process is running on this experiment") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+
+
+class State:
+    """The last finished (round, phase), plus seconds per phase; rewritten atomically after each phase."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.data: dict[str, Any] = {"round": -1, "phase": PHASES[-1], "seconds": {}}
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text())
+
+    def done(self, round_: int, phase: str) -> bool:
+        last = (self.data["round"], PHASES.index(self.data["phase"]))
+        return (round_, PHASES.index(phase)) <= last
+
+    def finish(self, round_: int, phase: str, seconds: float) -> None:
+        self.data["round"], self.data["phase"] = round_, phase
+        self.data["seconds"].setdefault(str(round_), {})[phase] = round(seconds, 3)
+        atomic_write_json(self.path, self.data)
+
+
+class ExperimentFolder:
+    """Paths and reads/writes of one experiment folder."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.config_file = self.root / "config.yaml"
+        self.environment_file = self.root / "environment.json"
+        self.pool_file = self.root / "pool.csv"
+        self.test_cases_file = self.root / "test_cases.txt"
+        self.state_file = self.root / "state.json"
+        self.results_file = self.root / "results.csv"
+        self._state: State | None = None
+
+    # --- layout ---------------------------------------------------------------------------------------------
+
+    def round_dir(self, round_: int) -> Path:
+        return self.root / f"round_{round_:03d}"
+
+    def selection_file(self, round_: int) -> Path:
+        return self.round_dir(round_) / "selection.csv"
+
+    def scores_file(self, round_: int) -> Path:
+        return self.round_dir(round_) / "scores.npz"
+
+    def checkpoint_file(self, round_: int) -> Path:
+        return self.round_dir(round_) / "checkpoint.pt"
+
+    def metrics_file(self, round_: int) -> Path:
+        return self.round_dir(round_) / "metrics.csv"
+
+    def training_log_dir(self, round_: int) -> Path:
+        return self.round_dir(round_) / "nnunet"
+
+    def rounds(self) -> list[int]:
+        """The rounds with a folder, ascending."""
+        return sorted(int(p.name[6:]) for p in self.root.glob("round_[0-9][0-9][0-9]") if p.is_dir())
+
+    def checkpoint_rounds(self) -> list[int]:
+        return [r for r in self.rounds() if self.checkpoint_file(r).is_file()]
+
+    def holds_experiment(self) -> bool:
+        return self.config_file.is_file()
+
+    def lock(self) -> FolderLock:
+        return FolderLock(self.root)
+
+    # --- config ---------------------------------------------------------------------------------------------
+
+    def read_config(self) -> Config:
+        return build(load_yaml(self.config_file), str(self.config_file))
+
+    def reconcile(self, config: Config) -> Config:
+        """A new folder takes ``config``; an existing one must hold the same experiment (resume)."""
+        if not self.holds_experiment():
+            if self.root.exists() and any(p.name != ".lock" for p in self.root.iterdir()):
+                raise ConfigError(f"{self.root}: exists, is not empty and holds no nnal experiment (config.yaml)")
+            return config
+        saved = self.read_config()
+        differ = [f for f in saved.to_dict() if getattr(saved, f) != getattr(config, f) and f not in RESUMABLE_CHANGES]
+        if differ:
+            raise ConfigError(f"{self.config_file}: existing experiment differs in {', '.join(differ)}; "
+                              "use another --output or the same settings to resume")
+        return config
+
+    def write_config(self, config: Config) -> None:
+        atomic_write_text(self.config_file, config.to_yaml())
+
+    def write_environment(self, environment: Mapping[str, Any]) -> None:
+        atomic_write_text(self.environment_file, json.dumps(dict(environment), indent=1) + "\n")
+
+    def read_environment(self) -> dict[str, Any]:
+        return json.loads(self.environment_file.read_text()) if self.environment_file.is_file() else {}
+
+    # --- state ----------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        if self._state is None:
+            self._state = State(self.state_file)
+        return self._state
+
+    def done(self, round_: int, phase: str) -> bool:
+        return self.state.done(round_, phase)
+
+    def finish(self, round_: int, phase: str, seconds: float) -> None:
+        self.state.finish(round_, phase, seconds)
+
+    # --- pool and test set ----------------------------------------------------------------------------------
+
+    def has_pool(self) -> bool:
+        return self.pool_file.is_file()
+
+    def read_pool(self) -> SlicePool:
+        return SlicePool.load(self.pool_file)
+
+    def write_pool(self, pool: SlicePool) -> None:
+        atomic_write_text(self.pool_file, pool.save_csv())
+
+    def write_test_cases(self, cases: list[str]) -> None:
+        atomic_write_text(self.test_cases_file, "\n".join(cases) + "\n")
+
+    def read_test_cases(self) -> list[str]:
+        return self.test_cases_file.read_text().split()
+
+    # --- rounds ---------------------------------------------------------------------------------------------
+
+    def write_scores(self, round_: int, scores: Mapping[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **scores)
+        atomic_write_bytes(self.scores_file(round_), buf.getvalue())
+
+    def read_scores(self, round_: int) -> dict[str, np.ndarray]:
+        with np.load(self.scores_file(round_)) as data:
+            return dict(data)
+
+    def write_selection(self, round_: int, table: pd.DataFrame) -> None:
+        atomic_write_text(self.selection_file(round_), table[SELECTION_COLUMNS].to_csv(index=False))
+
+    def read_selection(self, round_: int) -> pd.DataFrame:
+        return pd.read_csv(self.selection_file(round_))
+
+    def labeled_before(self, round_: int) -> np.ndarray:
+        """Ids selected in rounds ``0 .. round_-1`` (the labeled set when round ``round_`` starts), sorted."""
+        ids = [self.read_selection(r)["id"].to_numpy() for r in range(round_) if self.selection_file(r).is_file()]
+        return np.sort(np.concatenate(ids)) if ids else np.empty(0, dtype=np.int64)
+
+    def write_checkpoint(self, round_: int, data: bytes) -> None:
+        atomic_write_bytes(self.checkpoint_file(round_), data)
+
+    def write_metrics(self, round_: int, frame: pd.DataFrame) -> None:
+        atomic_write_text(self.metrics_file(round_), frame[RESULT_COLUMNS].to_csv(index=False))
+
+    def write_results(self) -> None:
+        """``results.csv``: every round's metrics, in round order."""
+        parts = [pd.read_csv(self.metrics_file(r)) for r in self.rounds() if self.metrics_file(r).is_file()]
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RESULT_COLUMNS)
+        atomic_write_text(self.results_file, frame[RESULT_COLUMNS].to_csv(index=False))
+
+    def read_results(self) -> pd.DataFrame:
+        return pd.read_csv(self.results_file)
+
+    # --- sharing round 0 ------------------------------------------------------------------------------------
+
+    def adopt_round0(self, source: ExperimentFolder, config: Config) -> bool:
+        """Reuse ``source``'s round 0 when every field that decides it is equal (demos, grids); True if taken."""
+        if not source.holds_experiment() or not source.done(0, "evaluate"):
+            return False
+        other = source.read_config()
+        if any(getattr(other, f) != getattr(config, f) for f in ROUND0_FIELDS):
+            return False
+        shutil.copytree(source.round_dir(0), self.round_dir(0), dirs_exist_ok=True)
+        metrics = pd.read_csv(self.metrics_file(0)).assign(experiment=config.experiment, strategy=config.strategy)
+        self.write_metrics(0, metrics)
+        self.write_results()
+        self.state.data["seconds"]["0"] = source.state.data["seconds"].get("0", {})
+        self.finish(0, "evaluate", 0.0)
+        return True

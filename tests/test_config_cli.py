@@ -1,0 +1,105 @@
+"""Typed configuration and declared strategy options: every mistake is one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_nnunet_dataset, run_cli
+from pydantic import ValidationError
+
+from nnal.config import Config, build
+from nnal.errors import ConfigError
+from nnal.strategies import REGISTRY, get_strategy
+
+# (YAML fields, CLI flags, words the one-line message must hold); each the same mistake in both forms
+MISTAKES = {
+    "misspelt strategy option": ({"strategy": "usimf", "strategy_options": {"etaa": 1}}, None,
+                                 ["strategy_options", "etaa", "known", "eta"]),
+    "unknown config key": ({"fodl": 1}, ["--fodl", "1"], ["fodl"]),
+    "float fold": ({"fold": 1.0}, ["--fold", "1.0"], ["fold", "1.0"]),
+    "non-integer seed": ({"seed": "abc"}, ["--seed", "abc"], ["seed", "abc"]),
+    "fold out of range": ({"fold": 5}, ["--fold", "5"], ["fold"]),
+    "unknown strategy": ({"strategy": "bold"}, ["--strategy", "bold"], ["strategy", "bold", "known"]),
+    "option of the wrong type": ({"strategy": "usimf", "strategy_options": {"eta": "high"}}, None,
+                                 ["strategy_options.eta", "high"]),
+    "option of another strategy": ({"strategy": "usimc", "strategy_options": {"damping": 0.1}}, None,
+                                   ["usimc", "damping"]),
+    "option value not allowed": ({"strategy": "usimf", "strategy_options": {"query_mode": "random"}}, None,
+                                 ["query_mode", "random"]),
+    "boolean as a number": ({"rounds": True}, None, ["rounds"]),
+}
+
+
+def _assert_refused(result, folder: Path, words: list[str]) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_yaml_mistake_is_one_line_and_writes_nothing(name, tmp_path):
+    fields, _, words = MISTAKES[name]
+    dataset = make_nnunet_dataset(tmp_path / "Dataset001_Toy")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"dataset": str(dataset), **fields}))
+    result = run_cli(["run", "--config", config, "--output", tmp_path / "exp", "--quiet"])
+    _assert_refused(result, tmp_path / "exp", [str(config), *words])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, flags, _) in MISTAKES.items() if flags))
+def test_flag_mistake_is_one_line_and_writes_nothing(name, tmp_path):
+    _, flags, words = MISTAKES[name]
+    dataset = make_nnunet_dataset(tmp_path / "Dataset001_Toy")
+    result = run_cli(["run", "--dataset", dataset, "--output", tmp_path / "exp", "--quiet", *flags])
+    _assert_refused(result, tmp_path / "exp", words)
+
+
+def test_config_is_frozen_and_replace_validates_again():
+    config = build({"dataset": "x", "strategy": "usimf", "strategy_options": {"eta": 2}})
+    assert config.strategy_options == {"eta": 2.0}
+    with pytest.raises(ValidationError, match="frozen"):
+        config.fold = 3
+    assert config.replace(fold=3).fold == 3
+    with pytest.raises(ConfigError, match="fold"):
+        config.replace(fold=9)
+
+
+def test_every_strategy_declares_options_that_its_functions_take():
+    for strategy in REGISTRY.values():
+        assert strategy.resolve({}) == strategy.defaults
+        for option in strategy.options:  # the default passes its own check
+            assert strategy.check_options({option.name: option.default}) == {option.name: option.default}
+
+
+def test_options_reach_the_select_function_keyword_only():
+    strategy = get_strategy("stochastic-batches")
+    assert strategy.check_options({"reduce": "mean"}) == {"reduce": "mean"}
+    with pytest.raises(ConfigError, match="reduce"):
+        strategy.check_options({"reduce": "max"})
+
+
+def test_strategies_command_lists_every_strategy_and_option():
+    result = run_cli(["strategies"])
+    assert result.exit_code == 0
+    for strategy in REGISTRY.values():
+        assert f"{strategy.name}:" in result.stdout or result.stdout.startswith(strategy.name)
+        for option in strategy.options:
+            assert option.name in result.stdout
+
+
+def test_unknown_command_and_flag_are_one_line(tmp_path):
+    for args in (["bogus"], ["run", "--output", tmp_path / "x", "--bogus", "1"]):
+        result = run_cli(args)
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_config_defaults_are_valid_and_saved_types_roundtrip(tmp_path):
+    config = Config(dataset="x", strategy="usimc", strategy_options={"query_size": 300}).resolved()
+    again = build(yaml.safe_load(config.to_yaml()))
+    assert again == config
