@@ -17,3 +17,8 @@ def test_nnunetv2_is_imported_only_under_backend():
 def test_strategies_do_not_import_torch():
     torch_import = re.compile(r"^\s*(import|from)\s+torch", re.MULTILINE)
     assert [p for p in (SRC / "strategies").rglob("*.py") if torch_import.search(p.read_text())] == []
+
+
+def test_torch_is_imported_only_under_backend():
+    torch_import = re.compile(r"^\s*(import|from)\s+torch", re.MULTILINE)
+    assert [p for p in SRC.rglob("*.py") if torch_import.search(p.read_text()) and "backend" not in p.parts] == []

@@ -89,41 +89,12 @@ def similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str,
         S -= np.float32(lo)
         shift_s = time.perf_counter() - t
     else:
-        import torch
+        from nnal.backend.similarity import shifted_similarity_on_cuda  # torch only behind the backend
 
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 products, as on the CPU
-        dev = torch.device("cuda")
-        t = time.perf_counter()
-        right_t = torch.from_numpy(g_q).to(dev).T
-        S_dev = torch.empty((n, q), dtype=torch.float32, device=dev)
-        torch.cuda.synchronize()
-        fold_s += time.perf_counter() - t
-        for a in range(0, n, rows):
-            b = min(n, a + rows)
-            t = time.perf_counter()
-            u = model.sample(gen, b - a)
-            t1 = time.perf_counter()
-            u_dev = torch.from_numpy(u).to(dev)
-            if kind == "cosine":
-                u_dev = u_dev / u_dev.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            torch.matmul(u_dev, right_t, out=S_dev[a:b])
-            t2 = time.perf_counter()
-            gen_s += t1 - t
-            gemm_s += t2 - t1
-        t = time.perf_counter()
-        torch.cuda.synchronize()
-        gemm_s += time.perf_counter() - t
-        t = time.perf_counter()
-        S_dev -= S_dev.min()
-        torch.cuda.synchronize()
-        shift_s = time.perf_counter() - t
-        t = time.perf_counter()  # back to the host in chunks, straight into S (pinning 2.6 GB costs more)
-        S = np.empty((n, q), dtype=np.float32)
-        for a in range(0, n, rows):
-            torch.from_numpy(S[a : a + rows]).copy_(S_dev[a : a + rows])
-        transfer_s = time.perf_counter() - t
-        del S_dev, right_t
-        torch.cuda.empty_cache()
+        S, seconds = shifted_similarity_on_cuda(g_q.T, n, rows, lambda k: model.sample(gen, k), kind == "cosine")
+        fold_s += seconds["fold"]
+        gen_s, gemm_s = seconds["generation"], seconds["gemm"]
+        shift_s, transfer_s = seconds["shift"], seconds["transfer"]
     del g_q
     t = time.perf_counter()
     picks = flqmi_stochastic_greedy(S, BUDGET, np.random.default_rng(seed), ETA, EPSILON)
