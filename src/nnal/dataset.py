@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -10,9 +11,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from nnal import dataset_checks as checks
+from nnal.dataset_checks import NIFTI_ENDINGS
 from nnal.errors import DatasetError
-
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
@@ -45,114 +46,166 @@ def load_dataset(path: str | os.PathLike) -> RawDataset:
         raise DatasetError(f"{root}: not a directory")
     if not meta_file.is_file():
         raise DatasetError(f"{meta_file}: missing (expected an nnU-Net v2 raw or MSD dataset folder)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{meta_file}: unreadable JSON ({err.__class__.__name__})") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{meta_file}: must hold a JSON object")
+    meta = checks.read_json_object(meta_file)
     if "channel_names" in meta or "modality" not in meta:
         return _load_nnunet(root, meta, meta_file)
     return _load_msd(root, meta, meta_file)
 
 
-def _labels(raw: object, meta_file: Path, msd: bool) -> dict[str, int]:
-    if not isinstance(raw, dict) or not raw:
-        raise DatasetError(f"{meta_file}: 'labels' missing or empty")
-    try:
-        pairs = {str(v): int(k) for k, v in raw.items()} if msd else {str(k): int(v) for k, v in raw.items()}
-    except (TypeError, ValueError):
-        raise DatasetError(f"{meta_file}: 'labels' values must be integers (region labels are not supported)") from None
-    values = sorted(pairs.values())
-    if values != list(range(len(values))):
-        raise DatasetError(f"{meta_file}: labels must be consecutive integers from 0, got {values}")
-    return pairs
-
-
 def _load_nnunet(root: Path, meta: dict, meta_file: Path) -> RawDataset:
-    channels = meta.get("channel_names")
-    if not isinstance(channels, dict) or not channels:
-        raise DatasetError(f"{meta_file}: 'channel_names' missing or empty")
+    channels = checks.parse_channels(meta.get("channel_names"), meta_file, "channel_names")
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in NIFTI_ENDINGS:
         raise DatasetError(f"{meta_file}: file_ending {ending!r} not supported (NIfTI only)")
-    labels = _labels(meta.get("labels"), meta_file, msd=False)
+    labels = checks.parse_labels(meta.get("labels"), meta_file, msd=False)
     label_dir = root / "labelsTr"
     if not label_dir.is_dir():
         raise DatasetError(f"{label_dir}: missing")
-    cases = []
-    for label in sorted(label_dir.iterdir()):
-        if not label.name.endswith(ending):
-            continue
-        name = label.name[: -len(ending)]
-        images = tuple(root / "imagesTr" / f"{name}_{i:04d}{ending}" for i in range(len(channels)))
-        cases.append(Case(name, images, label))
+    cases = [Case(name, tuple(root / "imagesTr" / f"{name}_{i:04d}{ending}" for i in range(len(channels))), label)
+             for name, label in checks.nnunet_label_files(label_dir, ending).items()]
     if not cases:
         raise DatasetError(f"{label_dir}: empty dataset (no '*{ending}' labels)")
-    return RawDataset(root, meta.get("name", root.name), {str(k): str(v) for k, v in channels.items()},
-                      labels, tuple(cases), ending, is_msd=False)
+    return RawDataset(root, meta.get("name", root.name), channels, labels, tuple(cases), ending, is_msd=False)
 
 
 def _load_msd(root: Path, meta: dict, meta_file: Path) -> RawDataset:
-    modality = meta.get("modality")
-    if not isinstance(modality, dict) or not modality:
-        raise DatasetError(f"{meta_file}: 'modality' missing or empty")
-    labels = _labels(meta.get("labels"), meta_file, msd=True)
-    training = meta.get("training")
-    if not isinstance(training, list) or not training:
-        raise DatasetError(f"{meta_file}: empty dataset ('training' missing or empty)")
-    cases = []
-    for entry in training:
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise DatasetError(f"{meta_file}: each 'training' entry needs 'image' and 'label'")
-        image, label = root / entry["image"], root / entry["label"]
-        name = label.name.split(".nii")[0]
-        cases.append(Case(name, (image,), label))
-    channels = {str(k): str(v) for k, v in sorted(modality.items(), key=lambda kv: int(kv[0]))}
+    channels = checks.parse_channels(meta.get("modality"), meta_file, "modality")
+    labels = checks.parse_labels(meta.get("labels"), meta_file, msd=True)
+    cases = [Case(name, (root / image,), root / label)
+             for name, image, label in checks.msd_training(meta.get("training"), meta_file)]
     return RawDataset(root, meta.get("name", root.name), channels, labels, tuple(cases), ".nii.gz", is_msd=True)
 
 
-def _read(path: Path) -> nib.Nifti1Image:
+def _read(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image and its voxels, read once in full: truncated or corrupt files fail here, not later."""
     if not path.is_file():
         raise DatasetError(f"{path}: missing file")
     try:
         img = nib.load(str(path))
-        img.get_fdata(dtype=np.float32)  # force a full read: truncated files fail here, not later
-        return img
+        return img, np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise DatasetError(f"{path}: unreadable image ({err.__class__.__name__})") from None
 
 
 def validate(dataset: RawDataset) -> None:
-    """Check every case: files readable, shapes and spacings agree, labels declared, intensities finite."""
+    """Check every case, reading each file once: files readable, labels 3D whole numbers and declared, images of
+    the expected channels on the label's voxel grid (shape, spacing, origin, direction), intensities finite; and
+    at least one foreground voxel in the whole dataset."""
     declared = set(dataset.labels.values())
-    n_channels = len(dataset.channel_names)
+    foreground = False
     for case in dataset.cases:
-        seg_img = _read(case.label)
-        seg = np.asanyarray(seg_img.dataobj)
-        if seg.ndim != 3:
-            raise DatasetError(f"{case.label}: label must be 3D, got shape {seg.shape}")
-        if not np.array_equal(seg, np.round(seg)):
-            raise DatasetError(f"{case.label}: label values must be integers")
-        undeclared = sorted(set(np.unique(seg).astype(int).tolist()) - declared)
-        if undeclared:
-            raise DatasetError(f"{case.label}: label values {undeclared} not declared in dataset.json")
-        spacing = np.asarray(seg_img.header.get_zooms()[:3], dtype=float)
+        label_geometry, seg_shape, has_foreground = _check_label(case.label, declared)
+        foreground = foreground or has_foreground
         for image in case.images:
-            img = _read(image)
-            shape = img.shape
-            expected_ndim = 4 if dataset.is_msd and n_channels > 1 else 3
-            if len(shape) != expected_ndim or (expected_ndim == 4 and shape[3] != n_channels):
-                raise DatasetError(f"{image}: expected {expected_ndim}D image with {n_channels} channel(s), "
-                                   f"got shape {shape}")
-            if tuple(shape[:3]) != tuple(seg.shape):
-                raise DatasetError(f"{image}: shape {tuple(shape[:3])} does not match label shape {seg.shape}")
-            img_spacing = np.asarray(img.header.get_zooms()[:3], dtype=float)
-            if not np.allclose(img_spacing, spacing, rtol=1e-3, atol=1e-4):
-                raise DatasetError(f"{image}: spacing {tuple(img_spacing.round(4))} does not match label spacing "
-                                   f"{tuple(spacing.round(4))}")
-            if not np.isfinite(img.get_fdata(dtype=np.float32)).all():
-                raise DatasetError(f"{image}: NaN or inf intensities")
+            _check_image(image, dataset, case.label, label_geometry, seg_shape)
+    if not foreground:
+        folders = {case.label.parent for case in dataset.cases}
+        where = folders.pop() if len(folders) == 1 else dataset.root / "dataset.json"
+        raise DatasetError(f"{where}: no foreground voxel in any of the {len(dataset.cases)} label files (every "
+                           f"voxel is background, 0); a dataset to learn from needs labelled foreground")
+
+
+def _check_label(label: Path, declared: set[int]) -> tuple[tuple, tuple[int, ...], bool]:
+    """(geometry, shape, has a foreground voxel) of a valid label file."""
+    seg_img, seg = _read(label)
+    if seg.ndim != 3:
+        raise DatasetError(f"{label}: label must be 3D, got shape {seg.shape}")
+    if seg.dtype.kind not in "iub" and not np.array_equal(seg, np.round(seg)):
+        raise DatasetError(f"{label}: label values must be integers")
+    values = set(np.unique(seg).astype(int).tolist())
+    undeclared = sorted(values - declared)
+    if undeclared:
+        raise DatasetError(f"{label}: label values {undeclared} not declared in dataset.json")
+    return checks.geometry(seg_img), seg.shape, bool(values - {0})
+
+
+def _check_image(image: Path, dataset: RawDataset, label: Path, label_geometry: tuple, seg_shape: tuple) -> None:
+    img, data = _read(image)
+    n_channels = len(dataset.channel_names)
+    expected_ndim = 4 if dataset.is_msd and n_channels > 1 else 3
+    if data.ndim != expected_ndim or (expected_ndim == 4 and data.shape[3] != n_channels):
+        raise DatasetError(f"{image}: expected {expected_ndim}D image with {n_channels} channel(s), "
+                           f"got shape {data.shape}")
+    if tuple(data.shape[:3]) != tuple(seg_shape):
+        raise DatasetError(f"{image}: shape {tuple(data.shape[:3])} does not match label shape {seg_shape}")
+    checks.check_geometry(label, label_geometry, image, checks.geometry(img))
+    if data.dtype.kind in "fc" and not np.isfinite(data).all():
+        raise DatasetError(f"{image}: NaN or inf intensities")
+
+
+FINGERPRINT_FORMAT = 1
+HEAD_TAIL_BYTES = 1 << 20
+
+
+def fingerprint(dataset: RawDataset) -> dict:
+    """The dataset's identity for an experiment, JSON-serialisable: a hash of ``dataset.json``'s content (parsed,
+    so reformatting is no change), the sorted case names, and per image and label file (path relative to the root)
+    its case, size and a cheap content digest (:func:`file_digest`). Compare two with :func:`fingerprint_changes`;
+    file times are not part of it, so touching a file changes nothing."""
+    meta = json.loads((dataset.root / "dataset.json").read_text())
+    files = {}
+    for case in dataset.cases:
+        for path in (*case.images, case.label):
+            files[_relative(path, dataset.root)] = {"case": case.name, "size": path.stat().st_size,
+                                                    "sha256": file_digest(path)}
+    return {"format": FINGERPRINT_FORMAT,
+            "dataset_json": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
+            "cases": sorted(case.name for case in dataset.cases), "files": dict(sorted(files.items()))}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a NIfTI file's first and last MiB, cheap enough for thousands of CT volumes.
+
+    The first MiB holds the NIfTI header (the first 348 bytes of a ``.nii``, the start of the deflate stream of a
+    ``.nii.gz``, which alone decides the header's bytes). A ``.nii.gz`` ends with the gzip trailer, the CRC-32 and
+    length of all the uncompressed data, so a change of voxel values in the middle of a big compressed file still
+    changes its last bytes and is caught (a multi-member gzip, rare for NIfTI, checks only its last member this
+    way). An uncompressed ``.nii`` has no such trailer, so it is hashed whole: plain reading, no cheaper to skip
+    than the full decompressing read that :func:`validate` makes of every file anyway.
+    """
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if path.name.endswith(".gz") and size > 2 * HEAD_TAIL_BYTES:
+            h.update(f.read(HEAD_TAIL_BYTES))
+            f.seek(size - HEAD_TAIL_BYTES)
+            h.update(f.read())
+        else:
+            for block in iter(lambda: f.read(HEAD_TAIL_BYTES), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two :func:`fingerprint` results, one readable line each (paths relative to the root),
+    e.g. ``["cases added: case_007", "file modified: labelsTr/case_001.nii.gz", "dataset.json modified"]``;
+    empty when they are the same dataset. Files of added or removed cases are not listed one by one."""
+    if old.get("format") != new.get("format"):
+        return [f"fingerprint format changed ({old.get('format')} -> {new.get('format')}); cannot compare"]
+    old_cases, new_cases = set(old["cases"]), set(new["cases"])
+    added, removed = sorted(new_cases - old_cases), sorted(old_cases - new_cases)
+    changes = [f"cases {what}: {_names(names)}" for what, names in (("added", added), ("removed", removed)) if names]
+    old_files, new_files = old["files"], new["files"]
+    for rel in sorted(old_files.keys() | new_files.keys()):
+        before, after = old_files.get(rel), new_files.get(rel)
+        if before is None:
+            changes += [] if after["case"] in added else [f"file added: {rel}"]
+        elif after is None:
+            changes += [] if before["case"] in removed else [f"file removed: {rel}"]
+        elif (before["size"], before["sha256"]) != (after["size"], after["sha256"]):
+            changes.append(f"file modified: {rel}")
+    if old["dataset_json"] != new["dataset_json"]:
+        changes.append("dataset.json modified")
+    return changes
+
+
+def _relative(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def write_nnunet_raw(dataset: RawDataset, target: Path) -> Path:
