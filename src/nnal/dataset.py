@@ -137,6 +137,15 @@ FINGERPRINT_FORMAT = 1
 HEAD_TAIL_BYTES = 1 << 20
 
 
+def cache_key(dataset: RawDataset) -> str:
+    """A short hash of the dataset's name, labels, channels and file names and sizes: names its preprocessing cache."""
+    h = hashlib.sha256(json.dumps([dataset.name, dataset.labels, dataset.channel_names]).encode())
+    for case in dataset.cases:
+        for path in (*case.images, case.label):
+            h.update(f"{case.name}:{path.name}:{path.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(dataset: RawDataset) -> dict:
     """The dataset's identity for an experiment, JSON-serialisable: a hash of ``dataset.json``'s content (parsed,
     so reformatting is no change), the sorted case names, and per image and label file (path relative to the root)

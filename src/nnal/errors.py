@@ -22,3 +22,7 @@ class LockedError(NnalError, RuntimeError):
 
 class ReportError(NnalError, ValueError):
     """An experiment folder or file that cannot be read or holds impossible values; the message names it."""
+
+
+class EnvironmentProblem(NnalError):
+    """The machine cannot run the request: a missing device, a path that is not writable, too little disk."""

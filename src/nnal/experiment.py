@@ -2,6 +2,7 @@
 
 ```
 config.yaml          every setting that decides the result
+dataset_fingerprint.json  the dataset's identity: case list, per file its size and a content digest
 environment.json     versions, device, git commit
 pool.csv             slice id, case, slice index, voxels per class
 test_cases.txt       the fold's validation cases (the test set)
@@ -16,6 +17,7 @@ file or the new one, never half of one. The loop and the report read and write t
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -30,10 +32,13 @@ import numpy as np
 import pandas as pd
 
 from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_yaml
-from nnal.errors import ConfigError, LockedError
+from nnal.dataset import fingerprint_changes
+from nnal.errors import ConfigError, DatasetError, EnvironmentProblem, LockedError
 from nnal.pool import SlicePool
 
 PHASES = ("score", "select", "train", "evaluate")
+# write failures that are the machine's, not a bug: disk full, quota, read-only file system, permissions
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled", "case", "label", "dice"]
 SELECTION_COLUMNS = ["id", "case", "slice", "score"]
 
@@ -52,9 +57,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS:  # the previous file is intact
+            raise EnvironmentProblem(f"{path}: cannot write ({os.strerror(err.errno)}); the previous version is "
+                                     "kept, free space or fix the folder and run again to resume") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -123,6 +131,7 @@ class ExperimentFolder:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.config_file = self.root / "config.yaml"
+        self.fingerprint_file = self.root / "dataset_fingerprint.json"
         self.environment_file = self.root / "environment.json"
         self.pool_file = self.root / "pool.csv"
         self.test_cases_file = self.root / "test_cases.txt"
@@ -190,6 +199,19 @@ class ExperimentFolder:
     def read_environment(self) -> dict[str, Any]:
         return json.loads(self.environment_file.read_text()) if self.environment_file.is_file() else {}
 
+    def check_dataset(self, fingerprint: Mapping[str, Any]) -> None:
+        """Resuming on changed data is refused, naming what changed (the fingerprint is written once)."""
+        if not self.fingerprint_file.is_file():
+            return
+        changes = fingerprint_changes(json.loads(self.fingerprint_file.read_text()), dict(fingerprint))
+        if changes:
+            raise DatasetError(f"{self.fingerprint_file}: the dataset changed since this experiment started "
+                               f"({'; '.join(changes)}); restore it, or start a new experiment in another --output")
+
+    def write_fingerprint(self, fingerprint: Mapping[str, Any]) -> None:
+        if not self.fingerprint_file.is_file():
+            atomic_write_json(self.fingerprint_file, dict(fingerprint))
+
     # --- state ----------------------------------------------------------------------------------------------
 
     @property
@@ -215,8 +237,21 @@ class ExperimentFolder:
     def write_pool(self, pool: SlicePool) -> None:
         atomic_write_text(self.pool_file, pool.save_csv())
 
-    def write_test_cases(self, cases: list[str]) -> None:
-        atomic_write_text(self.test_cases_file, "\n".join(cases) + "\n")
+    def write_split(self, pool: SlicePool, test_cases: list[str]) -> None:
+        """``pool.csv`` and ``test_cases.txt``, written once: a resume checks them and never rewrites them."""
+        if not self.has_pool():
+            self.write_pool(pool)
+        if not self.test_cases_file.is_file():
+            atomic_write_text(self.test_cases_file, "\n".join(test_cases) + "\n")
+
+    def check_split(self, train_cases: list[str], test_cases: list[str]) -> None:
+        """The saved split must be the one the dataset and config give now (a changed split is refused)."""
+        if self.test_cases_file.is_file() and self.read_test_cases() != list(test_cases):
+            raise DatasetError(f"{self.test_cases_file}: the test set differs from the fold's split now; "
+                               "the split changed, start a new experiment in another --output")
+        if self.has_pool() and sorted(set(self.read_pool().table["case"])) != sorted(train_cases):
+            raise DatasetError(f"{self.pool_file}: the pool's cases differ from the fold's training cases now; "
+                               "the split changed, start a new experiment in another --output")
 
     def read_test_cases(self) -> list[str]:
         return self.test_cases_file.read_text().split()

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from nnal import __version__
 from nnal.config import Config
-from nnal.dataset import RawDataset, load_dataset, validate
+from nnal.dataset import RawDataset, fingerprint, load_dataset, validate
 from nnal.experiment import RESULT_COLUMNS, ExperimentFolder
 from nnal.pool import SlicePool
+from nnal.preflight import check_device, check_disk, check_writable_folder, is_preprocessed
 from nnal.strategies import PoolView, Strategy, get_strategy
 
 PHASE_INDEX = {"score": 0, "select": 1, "train": 2, "evaluate": 3}
@@ -50,13 +51,22 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     if strategy.name == "full":  # the full-label reference: one round on every pool slice, same schedule
         config = config.replace(rounds=0)
     folder = ExperimentFolder(output)
+    cache = Path(cache or folder.root / "nnunet")
+    # every check before anything is written: a mistake leaves no trace and costs no work
+    check_writable_folder(folder.root, "output")
+    check_writable_folder(cache, "cache")
     config = folder.reconcile(_named(config))
     dataset = load_dataset(config.dataset)
-    validate(dataset)  # before anything is written: a bad dataset leaves no trace
+    validate(dataset)
+    identity = fingerprint(dataset)
+    folder.check_dataset(identity)
+    check_device(config.device)
+    check_disk(dataset, cache, cache_ready=is_preprocessed(dataset, cache, config.dropout_p))
 
     with folder.lock():
         folder.write_config(config)
-        backend = backend_factory(dataset, Path(cache or folder.root / "nnunet"), config)
+        folder.write_fingerprint(identity)
+        backend = backend_factory(dataset, cache, config)
         folder.write_environment(_environment(backend))
         pool, test_cases = _pool_and_test(backend, config, folder)
         if share_round0 is not None and not folder.done(0, "evaluate"):
@@ -136,12 +146,9 @@ def _pool_and_test(backend, config: Config, folder: ExperimentFolder) -> tuple[S
         train_cases = sorted(rng.choice(train_cases, config.pool_cases, replace=False).tolist())
     if config.test_cases is not None and config.test_cases < len(test_cases):
         test_cases = sorted(rng.choice(test_cases, config.test_cases, replace=False).tolist())
-    if folder.has_pool():
-        pool = folder.read_pool()
-    else:
-        pool = SlicePool.from_counts(backend.slice_counts(train_cases))
-        folder.write_pool(pool)
-    folder.write_test_cases(test_cases)
+    folder.check_split(train_cases, test_cases)
+    pool = folder.read_pool() if folder.has_pool() else SlicePool.from_counts(backend.slice_counts(train_cases))
+    folder.write_split(pool, test_cases)
     return pool, test_cases
 
 

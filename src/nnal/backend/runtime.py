@@ -49,3 +49,7 @@ def resolve_device(name: str) -> torch.device:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()

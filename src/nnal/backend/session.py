@@ -4,7 +4,6 @@ bound to a round's weights (scores, gradients, predictions, Dice)."""
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,16 +14,7 @@ import torch
 from nnal.backend import inference, planning, training
 from nnal.backend.model import Model, load_weights, weights_to_bytes
 from nnal.backend.runtime import configure_nnunet_env, resolve_device, set_threads
-from nnal.dataset import RawDataset, write_nnunet_raw
-
-
-def dataset_digest(dataset: RawDataset) -> str:
-    """Content-ish hash of a raw dataset (names, sizes, labels): keys the preprocessing cache."""
-    h = hashlib.sha256(json.dumps([dataset.name, dataset.labels, dataset.channel_names]).encode())
-    for case in dataset.cases:
-        for path in (*case.images, case.label):
-            h.update(f"{case.name}:{path.name}:{path.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+from nnal.dataset import RawDataset, cache_key, write_nnunet_raw
 
 
 class Backend:
@@ -34,7 +24,7 @@ class Backend:
                  verbose: bool = False):
         set_threads()
         self.device = resolve_device(device)
-        self.root = Path(cache) / f"{dataset_digest(dataset)}-p{dropout_p:g}"
+        self.root = Path(cache) / f"{cache_key(dataset)}-p{dropout_p:g}"
         self.folder_name = planning.dataset_folder_name(dataset.name)
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as lock:  # experiments sharing a cache preprocess once
