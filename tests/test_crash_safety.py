@@ -7,6 +7,7 @@ import errno
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "crash_harness.py
 def _harness():
     spec = importlib.util.spec_from_file_location("crash_harness", HARNESS)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
