@@ -123,7 +123,36 @@ def read_results(path: Path) -> pd.DataFrame:
     frame["label"] = frame["label"].astype(str)
     if frame[["experiment", "strategy", "fold", "seed"]].drop_duplicates().shape[0] != 1:
         raise ReportError(f"{path}: malformed, rows of more than one experiment")
+    _check_possible(frame, path)
     return frame[RESULT_COLUMNS]
+
+
+def _check_possible(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse numbers no experiment can produce, naming the first offending row."""
+    outside = frame["dice"].notna() & ~frame["dice"].between(0.0, 1.0)
+    if outside.any():
+        row = frame[outside].iloc[0]
+        raise ReportError(f"{path}: dice {row['dice']!r} outside [0, 1] (round {row['round']}, case {row['case']}, "
+                          f"label {row['label']})")
+    if (frame["round"] < 0).any() or (frame["n_labeled"] < 0).any():
+        raise ReportError(f"{path}: negative round or n_labeled")
+    per_round = frame.groupby("round")["n_labeled"]
+    if (per_round.nunique() > 1).any():
+        raise ReportError(f"{path}: round {int(per_round.nunique().idxmax())} has more than one n_labeled")
+    labeled = per_round.first().sort_index()
+    if labeled.index[0] != 0:
+        raise ReportError(f"{path}: rounds start at {int(labeled.index[0])}, not 0")
+    drops = np.flatnonzero(np.diff(labeled.to_numpy()) < 0)
+    if len(drops):
+        r = int(labeled.index[drops[0] + 1])
+        raise ReportError(f"{path}: n_labeled decreases from {int(labeled.iloc[drops[0]])} to "
+                          f"{int(labeled.iloc[drops[0] + 1])} in round {r}")
+    finite = frame.groupby("round")["dice"].apply(lambda d: np.isfinite(d.to_numpy()).any())
+    if not finite.all():
+        raise ReportError(f"{path}: round {int(finite[~finite].index[0])} has no finite dice")
+    if frame.duplicated(["round", "case", "label"]).any():
+        row = frame[frame.duplicated(["round", "case", "label"])].iloc[0]
+        raise ReportError(f"{path}: duplicated row for round {row['round']}, case {row['case']}, label {row['label']}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
