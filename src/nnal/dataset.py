@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def _load_msd(root: Path, meta: dict, meta_file: Path) -> RawDataset:
     return RawDataset(root, meta.get("name", root.name), channels, labels, tuple(cases), ".nii.gz", is_msd=True)
 
 
+# what nibabel raises for a corrupt, truncated or foreign file (gzip's errors are OSError and zlib.error)
+UNREADABLE = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+
+
 def _read(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     """The image and its voxels, read once in full: truncated or corrupt files fail here, not later."""
     if not path.is_file():
@@ -83,7 +88,7 @@ def _read(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     try:
         img = nib.load(str(path))
         return img, np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
+    except UNREADABLE as err:
         raise DatasetError(f"{path}: unreadable image ({err.__class__.__name__})") from None
 
 
