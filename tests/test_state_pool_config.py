@@ -104,3 +104,18 @@ def test_presets_fill_the_schedule():
 def test_bad_config_is_rejected_with_the_field_name(values, message):
     with pytest.raises(ConfigError, match=message):
         from_mapping(values).resolved()
+
+
+@pytest.mark.parametrize("splits,message", [
+    ([{"train": ["a", "b"], "val": ["b"]}], "both train and val"),
+    ([{"train": ["a"], "val": ["zz"]}], "does not have"),
+    ({"train": ["a"]}, "list of folds"),
+])
+def test_a_split_that_leaks_test_cases_or_names_other_cases_is_refused(splits, message, tmp_path):
+    from nnal.backend.planning import check_splits
+    from nnal.errors import DatasetError
+
+    with pytest.raises(DatasetError, match=message):
+        check_splits(splits, ["a", "b", "c"], tmp_path / "splits_final.json")
+    assert check_splits([{"train": ["a", "b"], "val": ["c"]}], ["a", "b", "c"], tmp_path) == [
+        {"train": ["a", "b"], "val": ["c"]}]

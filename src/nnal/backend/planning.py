@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from nnal.backend.runtime import configure_nnunet_env, set_threads
+from nnal.errors import DatasetError
 
 DATASET_ID = 1
 PLANS = "nnUNetPlans"
@@ -75,9 +76,25 @@ def load_splits(root: Path, folder_name: str, case_names: list[str]) -> list[dic
 
     split_file = root / "preprocessed" / folder_name / "splits_final.json"
     if split_file.is_file():
-        return json.loads(split_file.read_text())
+        return check_splits(json.loads(split_file.read_text()), case_names, split_file)
     splits = generate_crossval_split(sorted(case_names), seed=12345, n_splits=5)
     split_file.write_text(json.dumps(splits, indent=1))
+    return splits
+
+
+def check_splits(splits: object, case_names: list[str], source: Path) -> list[dict[str, list[str]]]:
+    """A split must cover the dataset's cases, fold by fold, with no case in both training and test."""
+    if not isinstance(splits, list) or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in splits):
+        raise DatasetError(f"{source}: must be a list of folds, each {{\"train\": [...], \"val\": [...]}}")
+    known = set(case_names)
+    for k, fold in enumerate(splits):
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            raise DatasetError(f"{source}: fold {k} has {both[0]} in both train and val (test cases would leak "
+                               "into the pool)")
+        unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
+        if unknown:
+            raise DatasetError(f"{source}: fold {k} names case {unknown[0]}, which the dataset does not have")
     return splits
 
 
