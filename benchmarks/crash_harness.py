@@ -4,8 +4,10 @@ resume, and compare with an uninterrupted run of the same seed.
     python benchmarks/crash_harness.py --points 30 [--work DIR] [--json results/crash-harness.json]
 
 Each point starts a fresh experiment (its own fresh cache, or for odd points a cache that another experiment
-then reuses while the killed one is still half-done), kills the process group with SIGKILL after a time spread
-uniformly over the reference run, records the phase the kill hit (from the cache marker and state.json), resumes,
+then reuses while the killed one is still half-done), kills the process group with SIGKILL at a moment of one
+phase (the points cycle over preprocessing and every (round, phase), each 10%, 50% or 90% of the way into that
+phase as long as it took in the reference run; ``--spread time`` spreads them uniformly over the reference run's
+wall time instead), records the phase the kill hit (from the cache marker and state.json), resumes,
 and checks: the same selection in every round, the same results.csv, no slice selected twice, and for kills that
 hit preprocessing, that a second experiment on the shared half-written cache also ends identical. A few points
 kill `nnal report` instead, then rerun it and compare its tables. ``--at`` gives targets instead of times
@@ -87,20 +89,48 @@ def phase_running(output: Path, cache: Path) -> str:
     return f"{PHASES[k + 1]}:{r}"
 
 
+def order(phase: str) -> tuple[int, int]:
+    """Where a named phase lies in a run: preprocess first, then (round, phase)."""
+    if phase == "preprocess":
+        return (-1, 0)
+    name, r = phase.split(":")
+    return (int(r), PHASES.index(name))
+
+
 def reached(target: str, output: Path, cache: Path) -> bool:
-    """True once the run is inside ``target`` (a named phase), polled while it runs."""
+    """True once the run is inside ``target`` (a named phase) or past it (a phase of milliseconds may slip by
+    between two polls), polled while it runs."""
     now = phase_running(output, cache)
     if target == "preprocess":
         return (cache.exists() and any(cache.glob("*/raw"))) and now == "preprocess"
-    if target.startswith("train:"):  # mid-epoch: nnU-Net has logged its first epoch of this round
+    if target.startswith("train:") and now == target:  # mid-epoch: nnU-Net has logged an epoch of this round
         log = output / f"round_{int(target[6:]):03d}" / "nnunet" / "training_log.txt"
-        return now == target and log.is_file() and "Epoch 1" in log.read_text(errors="replace")
-    return now == target
+        return log.is_file() and "Epoch 1" in log.read_text(errors="replace")
+    return order(now) >= order(target)
+
+
+def phase_targets(reference: Path, points: int, rounds: int) -> list[tuple[str, float]]:
+    """``points`` kills cycling over every phase of the run, each ``fraction`` of the way into that phase (its
+    duration from the reference run's state.json): 0.1, 0.5, 0.9, then again."""
+    seconds = json.loads((reference / "state.json").read_text())["seconds"]
+    phases = ["preprocess"] + [f"{p}:{r}" for r in range(rounds + 1) for p in PHASES if r > 0 or p != "score"]
+    out = []
+    for i in range(points):
+        phase = phases[i % len(phases)]
+        fraction = (0.1, 0.5, 0.9)[(i // len(phases)) % 3]
+        if phase == "preprocess":
+            duration = 10.0  # not in state.json; a few seconds on the tiny dataset
+        else:
+            name, r = phase.split(":")
+            duration = float(seconds.get(r, {}).get(name, 0.0))
+        out.append((phase, fraction * duration))
+    return out
 
 
 def kill_run(cmd: list[str], output: Path, cache: Path, *, after: float | None = None, target: str | None = None,
-             timeout: float = 900) -> str:
-    """Start ``cmd``, SIGKILL its process group at the moment asked for; return the phase it hit."""
+             delay: float = 0.0, timeout: float = 900) -> str:
+    """Start ``cmd``, SIGKILL its process group at the moment asked for (``after`` seconds, or ``delay`` seconds
+    after ``target`` is reached); return the phase it hit."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
                             start_new_session=True)
     start = time.perf_counter()
@@ -108,6 +138,9 @@ def kill_run(cmd: list[str], output: Path, cache: Path, *, after: float | None =
         if after is not None and time.perf_counter() - start >= after:
             break
         if target is not None and reached(target, output, cache):
+            end = time.perf_counter() + delay
+            while proc.poll() is None and time.perf_counter() < end:
+                time.sleep(0.005)
             break
         time.sleep(0.01)
     hit = phase_running(output, cache) if proc.poll() is None else "finished"
@@ -141,8 +174,10 @@ def report_tables(folder: Path) -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=30, help="kills spread uniformly over the reference run")
-    parser.add_argument("--at", nargs="*", default=None, help="named targets instead of times")
+    parser.add_argument("--points", type=int, default=30, help="kills cycling over every phase of the run")
+    parser.add_argument("--spread", choices=("phases", "time"), default="phases",
+                        help="phases: each kill a fraction of the way into a phase; time: uniform over the run")
+    parser.add_argument("--at", nargs="*", default=None, help="named targets (phases) instead")
     parser.add_argument("--report-points", type=int, default=2, help="kills of `nnal report`")
     parser.add_argument("--cases", type=int, default=12, help="bundled cases in the tiny dataset")
     parser.add_argument("--work", type=Path, default=Path("/tmp/nnal-crash-harness"))
@@ -157,16 +192,20 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     run(command(config, reference, args.work / "reference-cache"))
     total = time.perf_counter() - start
-    targets = args.at if args.at is not None else [f"t={total * (i + 0.5) / args.points:.2f}s"
-                                                    for i in range(args.points)]
+    if args.at is not None:
+        targets = [(t, 0.0) for t in args.at]
+    elif args.spread == "phases":
+        targets = phase_targets(reference, args.points, TINY["rounds"])
+    else:
+        targets = [(f"t={total * (i + 0.5) / args.points:.2f}s", 0.0) for i in range(args.points)]
     points = []
-    for i, target in enumerate(targets):
-        point = Point(target, "shared" if i % 2 else "fresh")
+    for i, (target, delay) in enumerate(targets):
+        point = Point(target if not delay else f"{target}+{delay:.2f}s", "shared" if i % 2 else "fresh")
         out, cache = args.work / f"point{i:02d}", args.work / f"cache{i:02d}"
         cmd = command(config, out, cache)
         timed = target.startswith("t=")
         point.hit = kill_run(cmd, out, cache, after=float(target[2:-1]) if timed else None,
-                             target=None if timed else target)
+                             target=None if timed else target, delay=delay)
         if point.cache == "shared" and point.hit == "preprocess":  # another experiment on the half-made cache
             other = args.work / f"point{i:02d}-other"
             run(command(config, other, cache))
@@ -177,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         point.problems += problems
         point.identical = not problems
         points.append(point)
-        print(f"{i + 1:2d}/{len(targets)} {target:>10} hit {point.hit:<12} cache {point.cache:<6} "
+        print(f"{i + 1:2d}/{len(targets)} {point.target:>18} hit {point.hit:<12} cache {point.cache:<6} "
               f"{'identical' if point.identical else '; '.join(point.problems)}", flush=True)
 
     report_points = []
