@@ -223,3 +223,29 @@ def test_same_seed_same_everything_other_seed_other_start(dataset, tmp_path):
     run(config(dataset, "badge", seed=1), tmp_path / "c")
     assert outcome(tmp_path / "a") == outcome(tmp_path / "b")
     assert selections(tmp_path / "a")[0] != selections(tmp_path / "c")[0]
+
+
+def test_an_option_written_out_at_its_default_resumes(dataset, tmp_path):
+    """``use_variance: false`` is the default: the same experiment as no option at all."""
+    run(config(dataset, "meanstd", rounds=1), tmp_path / "exp")
+    run(config(dataset, "meanstd", rounds=2, strategy_options={"use_variance": False}), tmp_path / "exp")
+    assert len(selections(tmp_path / "exp")) == 3
+
+
+def test_a_folder_filled_by_another_process_before_the_lock_is_checked_again(dataset, tmp_path, monkeypatch):
+    """Between the first check and taking the lock another run may start the same folder: checked again."""
+    import nnal.loop
+
+    real_validate = nnal.loop.validate
+    started = {"done": False}
+
+    def validate_while_another_run_starts(ds):
+        if not started["done"]:
+            started["done"] = True
+            run(config(dataset, "bald", rounds=0), tmp_path / "exp")
+        return real_validate(ds)
+
+    monkeypatch.setattr(nnal.loop, "validate", validate_while_another_run_starts)
+    with pytest.raises(ConfigError, match="differs in .*seed"):
+        run(config(dataset, "bald", rounds=0, seed=1), tmp_path / "exp")
+    assert ExperimentFolder(tmp_path / "exp").read_config().seed == 0

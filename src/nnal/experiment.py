@@ -35,6 +35,7 @@ from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_ya
 from nnal.dataset import fingerprint_changes
 from nnal.errors import ConfigError, DatasetError, EnvironmentProblem, LockedError
 from nnal.pool import SlicePool
+from nnal.strategies import get_strategy
 
 PHASES = ("score", "select", "train", "evaluate")
 # write failures that are the machine's, not a bug: disk full, quota, read-only file system, permissions
@@ -125,6 +126,13 @@ class State:
         atomic_write_json(self.path, self.data)
 
 
+def _setting(config: Config, field: str) -> Any:
+    """A field's value as it decides the result: strategy options with their defaults filled in."""
+    if field == "strategy_options":
+        return get_strategy(config.strategy).resolve(config.strategy_options)
+    return getattr(config, field)
+
+
 class ExperimentFolder:
     """Paths and reads/writes of one experiment folder."""
 
@@ -184,7 +192,8 @@ class ExperimentFolder:
                 raise ConfigError(f"{self.root}: exists, is not empty and holds no nnal experiment (config.yaml)")
             return config
         saved = self.read_config()
-        differ = [f for f in saved.to_dict() if getattr(saved, f) != getattr(config, f) and f not in RESUMABLE_CHANGES]
+        differ = [f for f in saved.to_dict()
+                  if f not in RESUMABLE_CHANGES and _setting(saved, f) != _setting(config, f)]
         if differ:
             raise ConfigError(f"{self.config_file}: existing experiment differs in {', '.join(differ)}; "
                               "use another --output or the same settings to resume")
@@ -301,6 +310,8 @@ class ExperimentFolder:
             return False
         other = source.read_config()
         if any(getattr(other, f) != getattr(config, f) for f in ROUND0_FIELDS):
+            return False
+        if (other.strategy == "full") != (config.strategy == "full"):  # full's round 0 is the whole pool
             return False
         shutil.copytree(source.round_dir(0), self.round_dir(0), dirs_exist_ok=True)
         metrics = pd.read_csv(self.metrics_file(0)).assign(experiment=config.experiment, strategy=config.strategy)

@@ -64,6 +64,7 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     check_disk(dataset, cache, cache_ready=is_preprocessed(dataset, cache, config.dropout_p))
 
     with folder.lock():
+        config = folder.reconcile(config)  # again under the lock: another process may have started it meanwhile
         folder.write_config(config)
         folder.write_fingerprint(identity)
         backend = backend_factory(dataset, cache, config)
