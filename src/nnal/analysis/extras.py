@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from nnal.analysis.report import ReportExtras, SegmentationExample
-from nnal.errors import ReportError
 from nnal.experiment import ExperimentFolder
 
 CORRELATION_SLICES = 300  # the paper: "a randomly selected subset of the unlabeled dataset"
@@ -123,11 +122,10 @@ def extras_from_experiments(folders: list[Path]) -> ReportExtras:
 def build_full_report(dirs: list[Path], output: Path) -> Path:
     """``build_report`` with every figure the experiments allow, predictions included (``nnal report``)."""
     from nnal.analysis.load import find_experiments, load_experiments
-    from nnal.analysis.report import build_report
+    from nnal.analysis.report import build_report, check_output
 
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ReportError(f"{output}: the report output is a file, not a folder")
+    check_output(output)  # before the predictions are drawn: a refusal costs no work
     load_experiments(dirs)  # every folder read and checked before anything is written (ReportError)
     folders = find_experiments(dirs)
     return build_report(dirs, output, extras=extras_from_experiments(folders))

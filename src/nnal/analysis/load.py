@@ -8,6 +8,7 @@ An experiment folder (laid out by ``nnal.experiment``) holds ``config.yaml``, ``
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from nnal.errors import ReportError
 from nnal.experiment import RESULT_COLUMNS, SELECTION_COLUMNS, ExperimentFolder
 
 NUMERIC_RESULT_COLUMNS = ["fold", "seed", "round", "n_labeled", "dice"]
+INTEGER_RESULT_COLUMNS = ["fold", "seed", "round", "n_labeled"]
 KEYS = ["experiment", "strategy", "fold", "seed"]
 FULL = "full"  # the strategy name of a full-label reference experiment (trains on every pool slice)
 
@@ -66,16 +68,20 @@ def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
     """Experiment folders among ``dirs``; a folder without ``config.yaml`` whose subfolders are experiments
     (e.g. the demo's output folder) stands for them."""
     found: list[Path] = []
+    seen: set[Path] = set()
     for d in map(Path, dirs):
         if not d.is_dir():
             raise ReportError(f"{d}: no such folder")
         if ExperimentFolder(d).holds_experiment():
-            found.append(d)
-            continue
-        children = sorted(c for c in d.iterdir() if c.is_dir() and ExperimentFolder(c).holds_experiment())
-        if not children:
-            raise ReportError(f"{d}: not an nnal experiment folder (no config.yaml) and holds none")
-        found.extend(children)
+            children = [d]
+        else:
+            children = sorted(c for c in d.iterdir() if c.is_dir() and ExperimentFolder(c).holds_experiment())
+            if not children:
+                raise ReportError(f"{d}: not an nnal experiment folder (no config.yaml) and holds none")
+        for child in children:  # a folder given twice (``runs runs/exp``) is read once
+            if child.resolve() not in seen:
+                seen.add(child.resolve())
+                found.append(child)
     if not found:
         raise ReportError("no experiment folders given")
     return found
@@ -105,26 +111,50 @@ def _numeric(frame: pd.DataFrame, columns: Sequence[str], path: Path, allow_nan:
         bad = values.isna() & (frame[col].notna() if col in allow_nan else True)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # 1-based, after the header line
-            raise ReportError(f"{path}: malformed, non-numeric {col} {frame[col].iloc[row - 2]!r} on line {row}")
+            raw = frame[col].iloc[row - 2]
+            what = f"missing {col}" if pd.isna(raw) else f"non-numeric {col} {raw!r}"
+            raise ReportError(f"{path}: malformed, {what} on line {row}")
         frame[col] = values
     return frame
 
 
 def read_results(path: Path) -> pd.DataFrame:
-    """Read and validate one ``results.csv``."""
+    """Read and validate one ``results.csv``: one experiment, rounds 0, 1, .. with non-decreasing non-negative
+    ``n_labeled``, Dice in [0, 1] or NaN (a class absent in prediction and truth), at least one finite Dice per
+    round and no duplicated (round, case, label)."""
+    if not path.is_file():
+        raise ReportError(f"{path}: missing, the experiment has no results (yet)")
     frame = _read_csv(path, RESULT_COLUMNS, "results.csv")
     if frame.empty:
-        raise ReportError(f"{path}: empty, no result rows")
+        raise ReportError(f"{path}: no result rows (header only)")
     frame = _numeric(frame, NUMERIC_RESULT_COLUMNS, path, allow_nan=["dice"])
-    for col in ("fold", "seed", "round", "n_labeled"):
-        frame[col] = frame[col].astype(np.int64)
-    frame["experiment"] = frame["experiment"].astype(str)
-    frame["strategy"] = frame["strategy"].astype(str)
-    frame["label"] = frame["label"].astype(str)
-    if frame[["experiment", "strategy", "fold", "seed"]].drop_duplicates().shape[0] != 1:
-        raise ReportError(f"{path}: malformed, rows of more than one experiment")
+    for col in INTEGER_RESULT_COLUMNS:
+        values = frame[col].to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            raise ReportError(f"{path}: malformed, {col} {_number(values[at])} is not an integer on line {at + 2}")
+        frame[col] = values.astype(np.int64)
+    for col in ("experiment", "strategy", "label"):
+        frame[col] = frame[col].astype(str)
+    for col in KEYS:
+        values = pd.unique(frame[col])
+        if len(values) > 1:
+            shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values[:3])
+            raise ReportError(f"{path}: malformed, column {col} takes {len(values)} values ({shown}"
+                              f"{', ..' if len(values) > 3 else ''}); a results.csv holds one experiment")
     _check_possible(frame, path)
     return frame[RESULT_COLUMNS]
+
+
+def _number(value: Any) -> str:
+    """A number as written in a message: 1.7, -0.25, inf, 3 (never ``np.float64(1.7)``)."""
+    value = float(value)
+    return str(int(value)) if np.isfinite(value) and value == int(value) and abs(value) < 1e15 else repr(value)
+
+
+def _where(row: pd.Series) -> str:
+    return f"round {row['round']}, case {row['case']}, label {row['label']}"
 
 
 def _check_possible(frame: pd.DataFrame, path: Path) -> None:
@@ -132,27 +162,32 @@ def _check_possible(frame: pd.DataFrame, path: Path) -> None:
     outside = frame["dice"].notna() & ~frame["dice"].between(0.0, 1.0)
     if outside.any():
         row = frame[outside].iloc[0]
-        raise ReportError(f"{path}: dice {row['dice']!r} outside [0, 1] (round {row['round']}, case {row['case']}, "
-                          f"label {row['label']})")
-    if (frame["round"] < 0).any() or (frame["n_labeled"] < 0).any():
-        raise ReportError(f"{path}: negative round or n_labeled")
+        raise ReportError(f"{path}: dice {_number(row['dice'])} outside [0, 1] ({_where(row)})")
+    for col in ("round", "n_labeled"):
+        negative = frame[col] < 0
+        if negative.any():
+            row = frame[negative].iloc[0]
+            raise ReportError(f"{path}: negative {col} {row[col]} ({_where(row)})")
     per_round = frame.groupby("round")["n_labeled"]
     if (per_round.nunique() > 1).any():
-        raise ReportError(f"{path}: round {int(per_round.nunique().idxmax())} has more than one n_labeled")
+        r = int(per_round.nunique().idxmax())
+        shown = ", ".join(str(v) for v in sorted(frame.loc[frame["round"] == r, "n_labeled"].unique())[:3])
+        raise ReportError(f"{path}: round {r} has more than one n_labeled ({shown})")
     labeled = per_round.first().sort_index()
     if labeled.index[0] != 0:
         raise ReportError(f"{path}: rounds start at {int(labeled.index[0])}, not 0")
     drops = np.flatnonzero(np.diff(labeled.to_numpy()) < 0)
     if len(drops):
         r = int(labeled.index[drops[0] + 1])
-        raise ReportError(f"{path}: n_labeled decreases from {int(labeled.iloc[drops[0]])} to "
-                          f"{int(labeled.iloc[drops[0] + 1])} in round {r}")
+        raise ReportError(f"{path}: n_labeled decreases from {int(labeled.iloc[drops[0]])} in round "
+                          f"{int(labeled.index[drops[0]])} to {int(labeled.iloc[drops[0] + 1])} in round {r}")
     finite = frame.groupby("round")["dice"].apply(lambda d: np.isfinite(d.to_numpy()).any())
     if not finite.all():
-        raise ReportError(f"{path}: round {int(finite[~finite].index[0])} has no finite dice")
-    if frame.duplicated(["round", "case", "label"]).any():
-        row = frame[frame.duplicated(["round", "case", "label"])].iloc[0]
-        raise ReportError(f"{path}: duplicated row for round {row['round']}, case {row['case']}, label {row['label']}")
+        raise ReportError(f"{path}: round {int(finite[~finite].index[0])} has no finite dice (all NaN)")
+    duplicated = frame.duplicated(["round", "case", "label"])
+    if duplicated.any():
+        at = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise ReportError(f"{path}: duplicated row for {_where(frame.iloc[at])} on line {at + 2}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -190,6 +225,13 @@ def load_experiment(path: Path | str) -> Experiment:
             if not sel["id"].isin(pool["id"]).all():
                 raise ReportError(f"{sel_file}: malformed, slice ids not in pool.csv")
             selections[r] = sel.astype({"id": np.int64, "slice": np.int64})
+        npz = folder.scores_file(r)
+        if npz.is_file():  # opening reads the zip directory only; a truncated file fails here, before any write
+            try:
+                with np.load(npz) as scores:
+                    _ = scores.files
+            except (OSError, ValueError, zipfile.BadZipFile) as err:
+                raise ReportError(f"{npz}: malformed ({_one_line(err)})") from None
     return Experiment(path, config, _read_json(folder.environment_file), _read_json(folder.state_file),
                       pool.astype({"id": np.int64}), results, selections)
 

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import html
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from nnal.analysis import figures as F
 from nnal.analysis import panels as P
 from nnal.analysis.load import FULL, Experiment, batch_uncertainty, load_experiments, load_results
 from nnal.analysis.stats import aubc_table, fg_efficiency, final_dice, learning_curves, penalty_matrix
+from nnal.errors import ReportError
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -187,12 +189,32 @@ def build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportE
         return _build_report(dirs, output, extras)
 
 
+def check_output(output: Path) -> None:
+    """Refuse an output path the report cannot be written to (a file, a folder under a file, a read-only folder)
+    before anything is read or written."""
+    if output.exists() and not output.is_dir():
+        raise ReportError(f"{output}: the report output is a file, not a folder")
+    parent = output
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent != output and not parent.is_dir():
+        raise ReportError(f"{output}: cannot create the report folder, {parent} is a file, not a folder")
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ReportError(f"{output}: cannot write the report, {parent} is not writable")
+
+
 def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None) -> Path:
+    output = Path(output)
+    check_output(output)
+    # everything that can refuse the input (ReportError) runs before the first write: a refused report leaves the
+    # output folder as it was (absent, or byte-identical)
     experiments = load_experiments(dirs)
     extras = extras or ReportExtras()
-    output = Path(output)
     results = load_results(experiments)
     al = results[results["strategy"] != FULL]
+    bu = batch_uncertainty(experiments)
+    pm, pm_holm = penalty_matrix(results), penalty_matrix(results, correction="holm")
+    fg = fg_efficiency(results)
     page = _Page(output)
     strategies = F.order_strategies(results["strategy"].unique())
     datasets = sorted({Path(str(e.config.get("dataset", "?"))).name for e in experiments})
@@ -203,8 +225,6 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
              'matrix</a><a href="#fgeff">FG-Eff</a><a href="#uncertainty">Uncertainty</a><a href="#examples">'
              'Examples</a><a href="#experiments">Experiments</a></nav>')
 
-    pm, pm_holm = penalty_matrix(results), penalty_matrix(results, correction="holm")
-    fg = fg_efficiency(results)
     page.section("summary", "Summary", "Mean ± SD over repetitions. AUBC and Φ exclude the full-label reference.")
     page.table("summary", _summary_table(results, pm, pm_holm, fg))
 
@@ -250,7 +270,6 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
         page.table("fg_efficiency", fg.table)
 
     page.section("uncertainty", "Uncertainty analyses")
-    bu = batch_uncertainty(experiments)
     if bu.empty:
         page.skip("Batch uncertainty (Fig. 5)", "no selected batch has class_uncertainty or a score (random "
                   "sampling computes none)")
