@@ -31,6 +31,16 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def assert_one_line_error(result: CliResult, words: list[str]) -> None:
+    """Exit code 2, one stderr line holding every one of ``words``, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
 def run_cli(args: list) -> CliResult:
     """``nnal ARGS`` through the console entry point in this process (its error handling included)."""
     from nnal.cli import main

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_nnunet_dataset, run_cli, write_nifti
+from conftest import assert_one_line_error, make_nnunet_dataset, run_cli, write_nifti
 
 from nnal.backend.fake import fake_backend
 from nnal.config import build
@@ -242,12 +242,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, tmp_path, monkey
             result = run_cli(args)
     else:
         result = run_cli(args)
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    assert_one_line_error(result, words)
     assert _snapshot(world.experiment) == before
     new = {p.name for p in tmp_path.iterdir()} - others_before - {"bad.yaml", "empty", "elsewhere", "copy"}
     assert not new, new  # no report, cache or experiment folder appeared

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_nnunet_dataset, run_cli
+from conftest import assert_one_line_error, make_nnunet_dataset, run_cli
 from pydantic import ValidationError
 
 from nnal.config import Config, build
@@ -33,12 +33,7 @@ MISTAKES = {
 
 
 def _assert_refused(result, folder: Path, words: list[str]) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    assert_one_line_error(result, words)
     assert not folder.exists()
 
 
