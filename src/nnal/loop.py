@@ -160,7 +160,8 @@ def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled
     bar = tqdm(desc=f"round {r} score", unit="slice", disable=not progress, leave=False)
     view = PoolView(ids=ids, cases=cases, labeled_cases=labeled_cases,
                     labeled_class_voxels=pool.class_voxels(labeled)[1:], mc_passes=config.mc_passes,
-                    batch_size=config.score_batch_size, seed=phase_seed(config.seed, r, "score"), on_batch=bar.update)
+                    batch_size=config.score_batch_size, seed=phase_seed(config.seed, r, "score"),
+                    budget=min(config.budget, len(ids)), on_batch=bar.update)
     try:
         return strategy.score(model, view, config.strategy_options)
     finally:
