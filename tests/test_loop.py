@@ -384,3 +384,15 @@ def test_a_budget_schedule_gives_each_round_its_budget(dataset, tmp_path):
     assert results.groupby("round")["n_labeled"].first().tolist() == [5, 7, 10, 16]
     run(config(dataset, "bald", budget=[2]), tmp_path / "short")
     assert [len(c) for c in selections(tmp_path / "short")] == [5, 2, 2, 2]
+
+
+def test_the_report_tables_usim_query_sets_per_round(dataset, tmp_path):
+    from nnal.analysis.load import query_sets
+
+    run(config(dataset, "usimf", budget=3), tmp_path / "usimf")
+    table = query_sets([tmp_path / "usimf"])
+    assert table["round"].tolist() == [1, 2, 3]
+    scores = ExperimentFolder(tmp_path / "usimf").read_scores(1)
+    assert table["Q"].iloc[0] == len(scores["query"]) >= 3  # never below the budget
+    assert table["distinct"].iloc[0] == len(np.unique(scores["query"]))
+    assert {"share_1", "share_2"} <= set(table.columns) and table["share_1"].between(0, 1).all()
