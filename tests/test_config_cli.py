@@ -98,3 +98,11 @@ def test_config_defaults_are_valid_and_saved_types_roundtrip(tmp_path):
     config = Config(dataset="x", strategy="usimc", strategy_options={"query_size": 300}).resolved()
     again = build(yaml.safe_load(config.to_yaml()))
     assert again == config
+
+
+@pytest.mark.parametrize("budget,message", [([100, 0], "budget.1"), ([1, 2, 3, 4], "per-round budgets"),
+                                            ([], "at least 1"), (1.5, "budget")])
+def test_a_bad_budget_schedule_is_refused(budget, message):
+    with pytest.raises(ConfigError, match=message):
+        build({"dataset": "x", "rounds": 3, "budget": budget})
+    assert build({"dataset": "x", "rounds": 3, "budget": [100, 100, 900]}).budget_for(3) == 900

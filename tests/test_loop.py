@@ -375,3 +375,24 @@ def test_a_folder_filled_by_another_process_before_the_lock_is_checked_again(dat
     with pytest.raises(ConfigError, match="differs in .*seed"):
         run(config(dataset, "bald", rounds=0, seed=1), tmp_path / "exp")
     assert ExperimentFolder(tmp_path / "exp").read_config().seed == 0
+
+
+def test_a_budget_schedule_gives_each_round_its_budget(dataset, tmp_path):
+    """The paper's larger last rounds: ``budget`` as a list, one entry per round (the last one repeats)."""
+    results = run(config(dataset, "bald", budget=[2, 3, 6]), tmp_path / "exp")
+    assert [len(c) for c in selections(tmp_path / "exp")] == [5, 2, 3, 6]
+    assert results.groupby("round")["n_labeled"].first().tolist() == [5, 7, 10, 16]
+    run(config(dataset, "bald", budget=[2]), tmp_path / "short")
+    assert [len(c) for c in selections(tmp_path / "short")] == [5, 2, 2, 2]
+
+
+def test_the_report_tables_usim_query_sets_per_round(dataset, tmp_path):
+    from nnal.analysis.load import query_sets
+
+    run(config(dataset, "usimf", budget=3), tmp_path / "usimf")
+    table = query_sets([tmp_path / "usimf"])
+    assert table["round"].tolist() == [1, 2, 3]
+    scores = ExperimentFolder(tmp_path / "usimf").read_scores(1)
+    assert table["Q"].iloc[0] == len(scores["query"]) >= 3  # never below the budget
+    assert table["distinct"].iloc[0] == len(np.unique(scores["query"]))
+    assert {"share_1", "share_2"} <= set(table.columns) and table["share_1"].between(0, 1).all()

@@ -14,6 +14,7 @@ from nnal.strategies.usim import (
     fisher_similarity,
     query_probabilities,
     query_set,
+    query_size_for,
     sample_parameters,
     truncate_indices,
     usim_select,
@@ -80,24 +81,41 @@ def curves() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.parametrize("sensitivity", [1.0, 10.0])
 @pytest.mark.parametrize("name", sorted(curves()))
-def test_elbow_matches_kneed(name: str) -> None:
+def test_elbow_matches_kneed_as_the_paper_code_calls_it(name: str, sensitivity: float) -> None:
+    """The paper's code: KneeLocator(x=0..N-1, y sorted descending, S=10, convex, decreasing).knee."""
     kneed = pytest.importorskip("kneed")
     y = curves()[name]
-    knee = kneed.KneeLocator(np.arange(1, len(y) + 1), y, curve="convex", direction="decreasing").knee
-    assert elbow_size(y) == (len(y) if knee is None else int(knee))
+    knee = kneed.KneeLocator(np.arange(len(y)), np.sort(y)[::-1], S=sensitivity, curve="convex",
+                             direction="decreasing").knee
+    assert elbow_size(y, sensitivity=sensitivity) == (len(y) if knee is None else int(knee))
 
 
 def test_elbow_known_knee_and_fallbacks() -> None:
-    assert elbow_size(curves()["piecewise"]) == 50  # the last point of the steep part
-    assert elbow_size(np.random.default_rng(0).permutation(curves()["piecewise"])) == 50  # order does not matter
+    assert elbow_size(curves()["piecewise"], sensitivity=1.0) == 49  # the steep part ends at position 49
+    assert elbow_size(np.random.default_rng(0).permutation(curves()["piecewise"]), sensitivity=1.0) == 49
     assert elbow_size(curves()["line"]) == 300  # no knee: the whole pool
     assert elbow_size(np.full(10, 0.3)) == 10  # flat
     assert elbow_size(np.array([2.0, 1.0])) == 2  # too few points
     assert elbow_size(np.array([])) == 0
-    assert elbow_size(curves()["piecewise"], floor=120) == 120
-    assert elbow_size(curves()["piecewise"], floor=10) == 50
+    assert elbow_size(curves()["piecewise"], sensitivity=1.0, floor=120) == 120
+    assert elbow_size(curves()["piecewise"], sensitivity=1.0, floor=10) == 49
     assert elbow_size(curves()["piecewise"], floor=10_000) == 500
+
+
+@pytest.mark.parametrize("name", ["exp", "inverse", "sorted_beta", "sorted_exponential"])
+@pytest.mark.parametrize("budget", [1, 10, 100])
+def test_query_size_is_the_code_rule_and_never_below_the_budget(name: str, budget: int) -> None:
+    """Q = min(max(knee, 5 B), N) with kneed's knee at S = 10, and Q >= B (the demo's Q = 20 < B = 100 is gone)."""
+    kneed = pytest.importorskip("kneed")
+    y = curves()[name]
+    knee = kneed.KneeLocator(np.arange(len(y)), np.sort(y)[::-1], S=10.0, curve="convex",
+                             direction="decreasing").knee
+    expected = min(max(len(y) if knee is None else int(knee), 5 * budget), len(y))
+    assert query_size_for(y, budget) == expected >= budget
+    assert query_size_for(y, budget, floor_budgets=0.0) >= budget
+    assert query_size_for(y, budget, size=3) == max(3, budget)
 
 
 # --- Fisher and parameters ------------------------------------------------------------------------------------
@@ -204,7 +222,8 @@ def test_usim_strategies_equal_their_manual_pipeline():
     n, d = 60, 12
     g = rng.normal(size=(n, d)).astype(np.float32)
     scores = {"ids": np.arange(100, 100 + n), "grad_embeddings": g, "query": rng.integers(0, n, 15),
-              "class_uncertainty": rng.random((n, 2)), "labeled_class_voxels": np.array([10.0, 0.0]),
+              "class_uncertainty": rng.random((n, 2)), "class_variance": rng.random((n, 2)),
+              "labeled_class_voxels": np.array([10.0, 0.0]),
               "usim_uncertainty": rng.random(n), "fisher": rng.random(d).astype(np.float32) + 0.1}
     for name, sim in (("usimc", lambda: cosine_similarity(g, g[scores["query"]])),
                       ("usimf", lambda: fisher_similarity(g, g[scores["query"]], scores["fisher"]))):
@@ -214,3 +233,37 @@ def test_usim_strategies_equal_their_manual_pipeline():
         assert len(np.unique(chosen)) == 7
         again = get_strategy(name)(scores, 7, np.random.default_rng(3), {"optimizer": "exact", "eta": 2.0})
         assert len(np.unique(again)) == 7
+
+
+@pytest.mark.parametrize("n,q", [(60, 15), (300, 40), (999, 30)])
+def test_default_flqmi_is_what_the_paper_ran(n: int, q: int) -> None:
+    """Negative similarities clipped to 0 and NaiveGreedy below 1000 pool rows: submodlib's picks, pick for pick,
+    on a matrix with negative entries (cosine similarities are)."""
+    submodlib = pytest.importorskip("submodlib")
+    from nnal.strategies.usim import usim_select
+
+    S = np.random.default_rng(n).uniform(-1.0, 1.0, size=(n, q)).astype(np.float32)
+    f = submodlib.FacilityLocationVariantMutualInformationFunction(n=n, num_queries=q, query_sijs=S.copy(),
+                                                                  queryDiversityEta=1.0)
+    ref = [int(i) for i, _ in f.maximize(budget=20, optimizer="NaiveGreedy", stopIfZeroGain=False,
+                                         stopIfNegativeGain=False, verbose=False, show_progress=False)]
+    assert usim_select(S.copy(), 20, np.random.default_rng(0)).tolist() == ref
+    shifted = usim_select(S.copy(), 20, np.random.default_rng(0), negatives="shifted")
+    assert shifted.tolist() != ref  # the option changes what negative entries mean
+
+
+def test_default_flqmi_switches_to_stochastic_greedy_at_1000_rows() -> None:
+    from nnal.strategies.usim import usim_select
+    from nnal.submodular import flqmi_stochastic_greedy
+
+    S = np.random.default_rng(1).uniform(-1.0, 1.0, size=(1000, 20)).astype(np.float32)
+    expected = flqmi_stochastic_greedy(S.copy(), 10, np.random.default_rng(5), eta=1.0, epsilon=0.01)
+    assert usim_select(S.copy(), 10, np.random.default_rng(5)).tolist() == expected.tolist()
+
+
+def test_usim_weights_its_query_draws_by_the_mc_variance_by_default() -> None:
+    from nnal.strategies import get_strategy
+
+    for name in ("usimc", "usimf"):
+        assert get_strategy(name).needs_for() == ("class_variance",)
+        assert get_strategy(name).needs_for({"uncertainty": "std"}) == ("class_uncertainty",)

@@ -53,7 +53,7 @@ class Config(BaseModel):
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     rounds: Annotated[int, Field(ge=0)] = 5
     initial: PositiveInt = 100
-    budget: PositiveInt = 100
+    budget: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = 100  # per round: a list (rounds 1..)
     preset: Literal["cpu", "gpu-short", "paper"] = "cpu"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # training schedule (None: from the preset; batch_size None: nnU-Net's planned batch size)
@@ -73,6 +73,19 @@ class Config(BaseModel):
     # nnU-Net worker processes for preprocessing and augmentation (0: augmentation in-process, deterministic)
     num_processes: Annotated[int, Field(ge=0)] = 0
     strategy_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _budget_per_round(self) -> Config:
+        if isinstance(self.budget, list) and 0 < self.rounds < len(self.budget):
+            raise ValueError(f"budget: {len(self.budget)} per-round budgets for {self.rounds} rounds; give at most "
+                             "one per round (the last one repeats for later rounds)")
+        return self
+
+    def budget_for(self, round_: int) -> int:
+        """Slices selected in round ``round_`` >= 1: the budget, or its per-round entry (the last one repeats)."""
+        if isinstance(self.budget, int):
+            return self.budget
+        return self.budget[min(round_, len(self.budget)) - 1]
 
     @model_validator(mode="after")
     def _strategy_and_options(self) -> Config:
@@ -121,11 +134,14 @@ from_mapping = build
 
 def describe_error(err: ValidationError) -> str:
     """The first problem of a pydantic error as ``field: what is wrong, got VALUE``."""
-    first = err.errors(include_url=False)[0]
+    errors = err.errors(include_url=False)
+    # a value given to a union (``budget``: a number or a list) fails in every branch: report the branch that got
+    # furthest (deepest location), and one that is not only "wrong type" when there is a choice
+    first = min(errors, key=lambda e: (-len(e["loc"]), e["type"].endswith("_type")))
     message = first["msg"]
     if message.startswith("Value error, "):  # raised by a validator: already names its field
         return message[len("Value error, "):]
-    field = ".".join(str(part) for part in first["loc"])
+    field = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or part.isidentifier())
     return f"{field}: {message}, got {first['input']!r}"
 
 

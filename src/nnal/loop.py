@@ -160,7 +160,8 @@ def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled
     bar = tqdm(desc=f"round {r} score", unit="slice", disable=not progress, leave=False)
     view = PoolView(ids=ids, cases=cases, labeled_cases=labeled_cases,
                     labeled_class_voxels=pool.class_voxels(labeled)[1:], mc_passes=config.mc_passes,
-                    batch_size=config.score_batch_size, seed=phase_seed(config.seed, r, "score"), on_batch=bar.update)
+                    batch_size=config.score_batch_size, seed=phase_seed(config.seed, r, "score"),
+                    budget=min(config.budget_for(r), len(ids)), on_batch=bar.update)
     try:
         return strategy.score(model, view, config.strategy_options)
     finally:
@@ -175,7 +176,7 @@ def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: 
         chosen = rng.choice(len(pool), size=size, replace=False)
         return chosen, np.full(len(chosen), np.nan)
     scores = folder.read_scores(r)
-    chosen = strategy(scores, min(config.budget, len(unlabeled)), rng, config.strategy_options)
+    chosen = strategy(scores, min(config.budget_for(r), len(unlabeled)), rng, config.strategy_options)
     if strategy.score_key is None:
         return chosen, np.full(len(chosen), np.nan)
     return chosen, scores[strategy.score_key][np.searchsorted(scores["ids"], chosen)]

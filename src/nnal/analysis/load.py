@@ -338,12 +338,13 @@ def batch_uncertainty(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.D
             if npz.is_file():
                 try:
                     with np.load(npz) as scores:
-                        if "class_uncertainty" in scores.files and "ids" in scores.files:
+                        key = next((k for k in ("class_uncertainty", "class_variance") if k in scores.files), None)
+                        if key is not None and "ids" in scores.files:
                             pos = np.searchsorted(scores["ids"], ids)
-                            cu = np.asarray(scores["class_uncertainty"], dtype=np.float64)
+                            cu = np.asarray(scores[key], dtype=np.float64)
                             cu = cu.reshape(len(cu), -1)
                             if np.all(pos < len(cu)) and np.array_equal(scores["ids"][pos], ids):
-                                value, measure = float(cu[pos].sum()), "class_uncertainty"
+                                value, measure = float(cu[pos].sum()), key
                 except (OSError, ValueError) as err:
                     raise ReportError(f"{npz}: malformed ({_one_line(err)})") from None
             if measure is None and sel["score"].notna().all() and len(sel):
@@ -352,3 +353,34 @@ def batch_uncertainty(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.D
                 rows.append({"experiment": exp.name, "strategy": exp.strategy, "fold": exp.fold, "seed": exp.seed,
                              "round": r, "measure": measure, "n": len(ids), "uncertainty": value})
     return pd.DataFrame(rows, columns=[*KEYS, "round", "measure", "n", "uncertainty"])
+
+
+def query_sets(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
+    """USIM's query set per round, from the round's ``scores.npz``: Q (draws), the distinct slices drawn, and per
+    foreground class the share of draws whose slice holds that class (ground truth of the pool, simulation only).
+
+    Columns: experiment, strategy, fold, seed, round, Q, distinct, share_<class> ... Rounds without a query set
+    are left out.
+    """
+    rows = []
+    for exp in _as_experiments(dirs):
+        folder = ExperimentFolder(exp.path)
+        vox = exp.pool.set_index("id")[exp.vox_columns[1:]]
+        for r in folder.rounds():
+            npz = folder.scores_file(r)
+            if not npz.is_file():
+                continue
+            try:
+                with np.load(npz) as scores:
+                    if "query" not in scores.files:
+                        continue
+                    drawn = np.asarray(scores["ids"])[np.asarray(scores["query"])]
+            except (OSError, ValueError) as err:
+                raise ReportError(f"{npz}: malformed ({_one_line(err)})") from None
+            row = {"experiment": exp.name, "strategy": exp.strategy, "fold": exp.fold, "seed": exp.seed,
+                   "round": r, "Q": len(drawn), "distinct": len(np.unique(drawn))}
+            present = vox.loc[drawn].to_numpy() > 0
+            for k, col in enumerate(vox.columns):
+                row[f"share_{col[4:]}"] = float(present[:, k].mean()) if len(drawn) else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)

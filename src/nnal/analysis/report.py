@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from nnal.analysis import figures as F
 from nnal.analysis import panels as P
-from nnal.analysis.load import FULL, Experiment, batch_uncertainty, load_experiments, load_results
+from nnal.analysis.load import FULL, Experiment, batch_uncertainty, load_experiments, load_results, query_sets
 from nnal.analysis.stats import aubc_table, fg_efficiency, final_dice, learning_curves, penalty_matrix
 from nnal.errors import ReportError
 
@@ -278,8 +278,17 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
         if missing:
             page.add(f"<p class='note'>No uncertainty recorded for: {html.escape(', '.join(missing))}.</p>")
         page.figure("batch_uncertainty", lambda: F.plot_batch_uncertainty(bu), "Sum over the selected slices of "
-                    "the MC-dropout std summed over foreground classes (class_uncertainty) when recorded, else the "
-                    "strategy's own score (not comparable across strategies).", "Batch uncertainty")
+                    "the MC-dropout std (class_uncertainty) or variance (class_variance) summed over foreground "
+                    "classes when recorded, else the strategy's own score (not comparable across strategies).",
+                    "Batch uncertainty")
+    qs = query_sets(experiments)
+    if qs.empty:
+        page.skip("USIM query sets", "no experiment drew a query set")
+    else:
+        page.add("<h3>USIM query set per round</h3><p class='note'>Q: draws (with replacement); distinct: slices "
+                 "drawn at least once; share_c: fraction of draws whose slice holds foreground class c (label "
+                 "value c) in the ground truth.</p>")
+        page.table("query_sets", qs.round(4))
     if extras.error is not None and extras.predictors:
         page.figure("correlation", lambda: P.plot_correlations(extras.error, extras.predictors), "Pearson "
                     "correlation with the number of misclassified pixels per slice.", "Correlation")

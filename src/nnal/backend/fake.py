@@ -133,6 +133,7 @@ class FakeModel:
                          + (mc * np.log(np.clip(mc, 1e-12, None))).sum(-1).mean(0)).mean(),
                 "std": mc.std(0).mean(), "variance": mc.var(0).mean(),
                 "class_uncertainty": mc.std(0)[..., 1:].reshape(-1, len(self.prototypes) - 1).mean(0),
+                "class_variance": mc.var(0)[..., 1:].reshape(-1, len(self.prototypes) - 1).mean(0),
                 "features": np.array([image.mean(), image.std(), *p.reshape(-1, p.shape[-1]).mean(0)]),
                 "badge_embeddings": (p - np.eye(p.shape[-1])[p.argmax(-1)]).reshape(-1, p.shape[-1]).mean(0),
             }

@@ -15,7 +15,7 @@ from nnal.backend.gradients import head_gradient_embeddings, per_sample_gradient
 from nnal.backend.inference import centred_window, load_volume, padded_shape, set_dropout, total_stride
 from nnal.backend.planning import CONFIGURATION
 
-MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty"})
+MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty", "class_variance"})
 DETERMINISTIC_KEYS = frozenset({"entropy", "features", "badge_embeddings"})
 KNOWN_KEYS = MC_KEYS | DETERMINISTIC_KEYS
 
@@ -44,7 +44,8 @@ def reduce_mc(probs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str
     """Per-slice scores from T MC-dropout passes, ``probs`` of shape ``(T, B, C, H, W)``.
 
     bald = H(mean_t p_t) - mean_t H(p_t); std/variance across passes (population, ddof 0), averaged
-    over classes and pixels; class_uncertainty: the std per foreground class averaged over pixels.
+    over classes and pixels; class_uncertainty / class_variance: the std / variance per foreground class averaged
+    over pixels.
     """
     mean = probs.mean(0)
     bald = _pixel_mean(entropy(mean) - entropy(probs).mean(0), mask)
@@ -55,6 +56,7 @@ def reduce_mc(probs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str
         "std": _pixel_mean(std, mask).mean(-1),
         "variance": _pixel_mean(var, mask).mean(-1),
         "class_uncertainty": _pixel_mean(std[:, 1:], mask),
+        "class_variance": _pixel_mean(var[:, 1:], mask),
     }
 
 

@@ -13,6 +13,7 @@ The scoring phase fills ``scores`` in two steps:
    - ``std``            (N,)   mean over classes and pixels of the std across MC passes
    - ``variance``       (N,)   same with the variance (the paper's code behaviour)
    - ``class_uncertainty`` (N, C) per-class mean MC std, foreground classes only
+   - ``class_variance`` (N, C) per-class mean MC variance, foreground classes only
    - ``features``       (N, D) pooled bottleneck features
    - ``badge_embeddings`` (N, E) closed-form head gradients (softmax - onehot(pseudo label)) x features
 
@@ -43,8 +44,8 @@ SelectFn = Callable[..., np.ndarray]
 PrepareFn = Callable[..., dict[str, np.ndarray]]
 CaseSlices = list[tuple[str, np.ndarray]]
 
-MODEL_SCORE_KEYS = frozenset({"entropy", "bald", "std", "variance", "class_uncertainty", "features",
-                              "badge_embeddings"})
+MODEL_SCORE_KEYS = frozenset({"entropy", "bald", "std", "variance", "class_uncertainty", "class_variance",
+                              "features", "badge_embeddings"})
 _POSITIONAL = {"select": ("scores", "budget", "rng"), "prepare": ("model", "pool", "scores", "rng")}
 
 
@@ -73,6 +74,7 @@ class PoolView:
     mc_passes: int
     batch_size: int
     seed: int  # the scoring phase's seed: MC-dropout masks and the prepare step's Generator
+    budget: int  # slices this round selects
     on_batch: Callable[[int], None] | None = None
 
     def cases_of(self, positions: np.ndarray) -> CaseSlices:

@@ -18,7 +18,10 @@ from nnal.strategies.checks import count as _count
 from nnal.strategies.checks import finite_array as _finite
 
 QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
-OPTIMIZERS = ("stochastic", "exact")
+OPTIMIZERS = ("by-pool-size", "stochastic", "exact")
+NEGATIVES = ("clipped", "shifted")
+UNCERTAINTY_KEYS = {"variance": "class_variance", "std": "class_uncertainty"}
+NAIVE_BELOW = 1000  # the paper's code: NaiveGreedy below 1000 pool rows, StochasticGreedy from there
 
 
 # --- query set ------------------------------------------------------------------------------------------------
@@ -119,22 +122,34 @@ def _kneedle_convex_decreasing(y: np.ndarray, sensitivity: float = 1.0) -> int |
     return int(x[last_max[int(np.argmax(hit))]])
 
 
-def elbow_size(uncertainty: np.ndarray, floor: int | None = None) -> int:
-    """Query set size Q: the elbow of the descending-sorted uncertainty curve (1-based, knee included).
+def elbow_size(uncertainty: np.ndarray, *, sensitivity: float = 10.0, floor: int | None = None) -> int:
+    """Query set size Q from the elbow of the descending-sorted uncertainty curve, as the paper's code ran it:
+    kneed's ``KneeLocator(x=0..N-1, y, S=sensitivity, curve="convex", direction="decreasing").knee``, raised to
+    ``floor`` (the code: 5 * budget) and capped at N.
 
-    The elbow is kneed's offline Kneedle (convex, decreasing, S = 1). No elbow (fewer than 3 slices, a flat
-    curve, or Kneedle finds none) gives Q = N, the whole pool. ``floor`` (the paper's code: 5 * budget) raises Q
-    to at least ``floor``; Q never exceeds N.
+    No elbow (fewer than 3 slices, a flat curve, or Kneedle finds none) gives Q = N, the whole pool.
     """
     u = _finite(uncertainty, "uncertainty", 1).astype(np.float64)
     n = len(u)
     q = None
     if n >= 3 and u.max() > u.min():
-        q = _kneedle_convex_decreasing(np.sort(u)[::-1])
+        knee = _kneedle_convex_decreasing(np.sort(u)[::-1], sensitivity)
+        q = None if knee is None else knee - 1  # kneed's x starts at 0 in the code: the knee's 0-based position
     q = n if q is None else q
     if floor is not None:
         q = max(q, _count(floor, "floor"))
     return min(q, n)
+
+
+def query_size_for(uncertainty: np.ndarray, budget: int, *, size: int | str = "elbow", sensitivity: float = 10.0,
+                   floor_budgets: float = 5.0) -> int:
+    """Q for a round: the elbow rule with the floor ``ceil(floor_budgets * budget)``, or a fixed size; never below
+    the budget (a query set smaller than the batch saturates FLQMI's coverage term), at most N for the elbow."""
+    budget = _count(budget, "budget")
+    if size == "elbow":
+        q = elbow_size(uncertainty, sensitivity=sensitivity, floor=int(np.ceil(floor_budgets * budget)))
+        return max(q, min(budget, len(uncertainty)))
+    return max(_count(size, "size"), budget)
 
 
 # --- Fisher and parameter subsets -----------------------------------------------------------------------------
@@ -252,17 +267,23 @@ def usim_select(
     budget: int,
     rng: np.random.Generator,
     eta: float = 1.0,
-    optimizer: str = "stochastic",
+    optimizer: str = "by-pool-size",
     epsilon: float = 0.01,
+    negatives: str = "clipped",
 ) -> np.ndarray:
-    """Pool positions (int64) of the batch maximising FLQMI (paper Eq. 1) on the similarity shifted to >= 0.
+    """Pool positions (int64) of the batch maximising FLQMI (paper Eq. 1).
 
-    ``optimizer``: "stochastic" (the paper: stochastic greedy, seeded by ``rng``) or "exact" (lazy greedy).
+    ``negatives``: "clipped" (what the paper ran through submodlib: a negative similarity counts as 0) or
+    "shifted" (S minus its minimum, so negative similarities keep their order). ``optimizer``: "by-pool-size"
+    (the paper's code: exact greedy, submodlib's NaiveGreedy, below ``NAIVE_BELOW`` pool rows, stochastic greedy
+    with ``epsilon`` from there), "stochastic" (seeded by ``rng``) or "exact" (lazy greedy, NaiveGreedy's picks).
     """
     from nnal.submodular import flqmi_greedy, flqmi_stochastic_greedy, shift_nonnegative
 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
     s = np.asarray(similarity)
     if s.ndim != 2:
         raise ValueError(f"similarity must be 2-dimensional, got shape {s.shape}")
@@ -270,7 +291,10 @@ def usim_select(
     budget = min(_count(budget, "budget"), s.shape[0])
     if budget == 0:
         return np.empty(0, dtype=np.int64)
-    s = shift_nonnegative(s, inplace=True)  # callers hand over a fresh similarity matrix: no second copy
+    if negatives == "shifted":
+        s = shift_nonnegative(s, inplace=True)  # callers hand over a fresh similarity matrix: no second copy
+    if optimizer == "by-pool-size":
+        optimizer = "exact" if s.shape[0] < NAIVE_BELOW else "stochastic"
     if optimizer == "exact":
         chosen = flqmi_greedy(s, budget, eta=eta)
     else:
@@ -283,20 +307,28 @@ def usim_select(
 # select: similarity, then FLQMI. Both draw from the scoring / selection phase's own Generator.
 
 
+def usim_needs(*, uncertainty: str = "variance", **_: object) -> tuple[str, ...]:
+    """The per-class MC uncertainty that weights the query distribution: variance (the code) or std."""
+    return (UNCERTAINTY_KEYS[uncertainty],)
+
+
 def _query(scores: Scores, pool: PoolView, rng: np.random.Generator, query_mode: str, query_size: int | str,
-           query_floor: int | None) -> dict[str, np.ndarray]:
-    cu = scores["class_uncertainty"]
+           query_sensitivity: float, query_floor_budgets: float, uncertainty: str) -> dict[str, np.ndarray]:
+    cu = scores[UNCERTAINTY_KEYS[uncertainty]]
     weighted = weighted_uncertainty(cu, class_weights(pool.labeled_class_voxels))
-    size = elbow_size(weighted, floor=query_floor) if query_size == "elbow" else int(query_size)
+    size = query_size_for(weighted, pool.budget, size=query_size, sensitivity=query_sensitivity,
+                          floor_budgets=query_floor_budgets)
     query = query_set(cu, pool.labeled_class_voxels, size, rng, mode=query_mode)
     return {"query": query, "usim_uncertainty": weighted, "labeled_class_voxels": pool.labeled_class_voxels}
 
 
 def usimc_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
-                  query_mode: str = "weighted", query_size: int | str = "elbow", query_floor: int | None = None,
+                  query_mode: str = "weighted", query_size: int | str = "elbow", query_sensitivity: float = 10.0,
+                  query_floor_budgets: float = 5.0, uncertainty: str = "variance",
                   embedding_dim: int = 10_000) -> dict[str, np.ndarray]:
     """Query set, then bottleneck gradient embeddings of every pool slice (a seeded subset of ``embedding_dim``)."""
-    out = _query(scores, pool, rng, query_mode, query_size, query_floor)
+    out = _query(scores, pool, rng, query_mode, query_size, query_sensitivity, query_floor_budgets,
+                 uncertainty)
     n_params = model.parameter_count("bottleneck")
     index = truncate_indices(n_params, embedding_dim, rng) if n_params > embedding_dim else None
     out["grad_embeddings"] = model.gradient_embeddings(pool.cases, group="bottleneck", index=index,
@@ -305,10 +337,12 @@ def usimc_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.rand
 
 
 def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
-                  query_mode: str = "weighted", query_size: int | str = "elbow", query_floor: int | None = None,
+                  query_mode: str = "weighted", query_size: int | str = "elbow", query_sensitivity: float = 10.0,
+                  query_floor_budgets: float = 5.0, uncertainty: str = "variance",
                   embedding_dim: int = 10_000, fisher_group: str = "network") -> dict[str, np.ndarray]:
     """Query set, diagonal Fisher over it (Eq. 3), ``embedding_dim`` parameters sampled by Fisher, embeddings."""
-    out = _query(scores, pool, rng, query_mode, query_size, query_floor)
+    out = _query(scores, pool, rng, query_mode, query_size, query_sensitivity, query_floor_budgets,
+                 uncertainty)
     unique, counts = np.unique(out["query"], return_counts=True)
     fisher = model.fisher(pool.cases_of(unique), counts, group=fisher_group, batch_size=pool.batch_size)
     index = sample_parameters(fisher, min(embedding_dim, len(fisher)), rng)
@@ -319,19 +353,20 @@ def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.rand
 
 
 def usimc_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: float = 1.0,
-                 optimizer: str = "stochastic", epsilon: float = 0.01) -> np.ndarray:
+                 optimizer: str = "by-pool-size", epsilon: float = 0.01, negatives: str = "clipped") -> np.ndarray:
     """USIMC: cosine similarity of bottleneck gradient embeddings between pool and query set, then FLQMI."""
     g = np.asarray(scores["grad_embeddings"])
     s = cosine_similarity(g, g[np.asarray(scores["query"])])
-    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon)]
+    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]
 
 
 def usimf_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: float = 1.0,
-                 optimizer: str = "stochastic", epsilon: float = 0.01, damping: float = 1e-8) -> np.ndarray:
+                 optimizer: str = "by-pool-size", epsilon: float = 0.01, negatives: str = "clipped",
+                 damping: float = 1e-8) -> np.ndarray:
     """USIMF: Fisher-kernel similarity g_u^T F^-1 g_q on Fisher-sampled parameters, then FLQMI."""
     g = np.asarray(scores["grad_embeddings"])
     s = fisher_similarity(g, g[np.asarray(scores["query"])], np.asarray(scores["fisher"]), damping=damping)
-    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon)]
+    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]
 
 
 _PositiveInt = Annotated[int, Field(ge=1)]
@@ -339,20 +374,28 @@ _COMMON = (
     Option("query_mode", Literal["weighted", "uniform", "max-uncertainty"], "weighted",
            "how the query set is drawn: the paper's uncertainty-weighted draws, or Appendix D's variants"),
     Option("query_size", Literal["elbow"] | _PositiveInt, "elbow", "Q: the elbow of the uncertainty curve or a size"),
-    Option("query_floor", _PositiveInt | None, None, "the least Q (the paper's code: 5 * budget); null: none"),
+    Option("query_sensitivity", Annotated[float, Field(gt=0, allow_inf_nan=False)], 10.0,
+           "kneed's S for the elbow (the paper's code: 10)"),
+    Option("query_floor_budgets", Annotated[float, Field(ge=0, allow_inf_nan=False)], 5.0,
+           "the elbow's Q is at least this many budgets (the paper's code: 5); Q is never below one budget"),
+    Option("uncertainty", Literal["variance", "std"], "variance",
+           "per-class MC uncertainty weighting the query draws: variance (the paper's code) or std"),
     Option("embedding_dim", _PositiveInt, 10_000, "gradient embedding entries (parameters) kept"),
     Option("eta", Annotated[float, Field(ge=0, allow_inf_nan=False)], 1.0,
            "weight of the query-coverage term of FLQMI (Eq. 1)"),
-    Option("optimizer", Literal["stochastic", "exact"], "stochastic",
-           "FLQMI maximiser: stochastic greedy (the paper) or lazy greedy"),
+    Option("optimizer", Literal["by-pool-size", "stochastic", "exact"], "by-pool-size",
+           "FLQMI maximiser: exact greedy below 1000 pool slices, stochastic from there (the paper's code)"),
+    Option("negatives", Literal["clipped", "shifted"], "clipped",
+           "negative similarities count as 0 (what the paper ran) or keep their order (S - min S)"),
     Option("epsilon", Annotated[float, Field(gt=0, lt=1)], 0.01, "stochastic greedy's epsilon"),
 )
-_USIM_NEEDS = ("class_uncertainty",)
+_USIM_NEEDS = ()
 _USIM_PROVIDES = ("labeled_class_voxels", "usim_uncertainty", "query", "grad_embeddings")
-register(Strategy("usimc", usimc_select, needs=_USIM_NEEDS, prepare=usimc_prepare, provides=_USIM_PROVIDES,
+register(Strategy("usimc", usimc_select, needs=_USIM_NEEDS, option_needs=usim_needs, prepare=usimc_prepare,
+                  provides=_USIM_PROVIDES,
                   options=_COMMON, score_key="usim_uncertainty",
                   help="USIMC: FLQMI on cosine similarity of bottleneck gradient embeddings"))
-register(Strategy("usimf", usimf_select, needs=_USIM_NEEDS, prepare=usimf_prepare,
+register(Strategy("usimf", usimf_select, needs=_USIM_NEEDS, option_needs=usim_needs, prepare=usimf_prepare,
                   provides=(*_USIM_PROVIDES, "fisher"), score_key="usim_uncertainty",
                   options=(*_COMMON,
                            Option("fisher_group", Literal["network", "decoder", "bottleneck"], "network",
