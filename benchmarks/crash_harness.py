@@ -172,6 +172,15 @@ def report_tables(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((folder / "tables").glob("*.csv"))}
 
 
+def _versions() -> dict[str, str]:
+    """Git commit, Python and package versions, so the figures can be traced and re-run."""
+    from importlib.metadata import version
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    return {"git_commit": commit, "python": sys.version.split()[0],
+            **{name: version(name) for name in ("nnal", "nnunetv2", "torch", "numpy")}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=30, help="kills cycling over every phase of the run")
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"reference_seconds": round(total, 1), "points": [asdict(p) for p in points],
                "identical": sum(p.identical for p in points), "of": len(points),
                "phases_hit": sorted({p.hit for p in points}), "report_points": report_points,
-               "config": TINY, "cases": args.cases}
+               "config": TINY, "cases": args.cases, "environment": _versions()}
     print(f"{summary['identical']} of {summary['of']} resumes identical; "
           f"phases hit: {', '.join(summary['phases_hit'])}")
     if args.json is not None:

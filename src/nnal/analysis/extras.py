@@ -59,7 +59,9 @@ def embedding_extras(path: Path, extras: ReportExtras, max_points: int = 1500, s
 def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
     """Fig. 6: misclassified pixels of the round-0 model against MC uncertainty and gradient length."""
     folder = ExperimentFolder(path)
-    scores = _first_round_scores(folder, "class_uncertainty")
+    key = next((k for k in ("class_uncertainty", "class_variance") if _first_round_scores(folder, k) is not None),
+               "class_uncertainty")
+    scores = _first_round_scores(folder, key)
     if scores is None:
         return False
     backend = _backend(folder)
@@ -75,7 +77,8 @@ def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
         _, truth, pred = model.predict_slices(case, grp["slice"].to_numpy())
         errors[grp["at"].to_numpy()] = (truth != pred).reshape(len(grp), -1).sum(1)
     extras.error = errors
-    extras.predictors = {"MC-dropout uncertainty (sum of class std)": scores["class_uncertainty"][pos].sum(1)}
+    measure = "std" if key == "class_uncertainty" else "variance"
+    extras.predictors = {f"MC-dropout uncertainty (sum of class {measure})": scores[key][pos].sum(1)}
     if "grad_embeddings" in scores:
         extras.predictors["gradient length (L2)"] = np.linalg.norm(scores["grad_embeddings"][pos], axis=1)
     return True
