@@ -16,6 +16,7 @@ from nnal.strategies.base import ModelLike, Option, PoolView, Scores, Strategy, 
 from nnal.strategies.checks import CHUNK_ELEMENTS, row_blocks
 from nnal.strategies.checks import count as _count
 from nnal.strategies.checks import finite_array as _finite
+from nnal.strategies.similarity import cosine_similarity, fisher_similarity
 
 QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
 OPTIMIZERS = ("by-pool-size", "stochastic", "exact")
@@ -208,55 +209,6 @@ def truncate_indices(n_params: int, k: int, rng: np.random.Generator) -> np.ndar
     n_params = _count(n_params, "n_params")
     k = min(_count(k, "k"), n_params)
     return np.sort(rng.choice(n_params, size=k, replace=False)).astype(np.int64)
-
-
-# --- similarity matrices --------------------------------------------------------------------------------------
-
-
-def _pair(g_u: np.ndarray, g_q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.dtype]:
-    u = _finite(g_u, "g_u", 2)
-    q = _finite(g_q, "g_q", 2)
-    if u.shape[1] != q.shape[1]:
-        raise ValueError(f"g_u has {u.shape[1]} columns, g_q {q.shape[1]}")
-    dtype = np.result_type(u.dtype, q.dtype, np.float32)
-    return u, q, dtype
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    return np.divide(x, norms[:, None], out=np.zeros_like(x), where=norms[:, None] > 0)
-
-
-def _product(u: np.ndarray, right: np.ndarray, dtype: np.dtype, chunk_elements: int, normalize: bool) -> np.ndarray:
-    out = np.empty((len(u), right.shape[1]), dtype=np.float32)
-    for rows in row_blocks(len(u), max(u.shape[1], right.shape[1]), chunk_elements):
-        block = u[rows].astype(dtype)
-        out[rows] = (_unit_rows(block) if normalize else block) @ right
-    return out
-
-
-def cosine_similarity(g_u: np.ndarray, g_q: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
-    """Paper Eq. 2: (N, Q) float32 cosine similarity; a zero row has similarity 0 to everything (no NaN)."""
-    u, q, dtype = _pair(g_u, g_q)
-    return _product(u, _unit_rows(q.astype(dtype)).T, dtype, chunk_elements, normalize=True)
-
-
-def fisher_similarity(
-    g_u: np.ndarray,
-    g_q: np.ndarray,
-    fisher_subset: np.ndarray,
-    damping: float = 1e-8,
-    chunk_elements: int = CHUNK_ELEMENTS,
-) -> np.ndarray:
-    """Paper Eq. 4: (N, Q) float32 g_u diag(1 / (F + damping)) g_q^T, F the diagonal Fisher of the chosen params."""
-    u, q, dtype = _pair(g_u, g_q)
-    f = _finite(fisher_subset, "fisher_subset", 1, nonnegative=True).astype(np.float64)
-    if len(f) != u.shape[1]:
-        raise ValueError(f"fisher_subset has {len(f)} entries, gradients {u.shape[1]}")
-    if not np.isfinite(damping) or damping < 0 or ((f + damping) <= 0).any():
-        raise ValueError("F + damping must be positive everywhere")
-    scaled = q.astype(dtype) * (1.0 / (f + damping)).astype(dtype)  # (Q, d), no float64 copy
-    return _product(u, scaled.T, dtype, chunk_elements, normalize=False)
 
 
 # --- selection ------------------------------------------------------------------------------------------------
