@@ -31,16 +31,20 @@ def check_device(name: str) -> None:
         raise EnvironmentProblem("device: 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
 
 
+def existing_ancestor(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (where a new folder would be created)."""
+    existing = Path(path)
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return existing
+
+
 def check_writable_folder(path: Path, what: str) -> None:
     """``path`` is a writable folder, or can be created as one under a writable existing folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise EnvironmentProblem(f"{path}: the {what} path is a file, not a folder")
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
+    existing = existing_ancestor(path)
     if not existing.is_dir():
         raise EnvironmentProblem(f"{path}: cannot create the {what} folder, {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -60,9 +64,7 @@ def preprocessed_bytes(dataset: RawDataset) -> int:
 def check_disk(dataset: RawDataset, cache: Path, cache_ready: bool) -> None:
     """Enough free space where the cache lives: the preprocessed data (unless already there) and a reserve."""
     need = CHECKPOINT_RESERVE + (0 if cache_ready else preprocessed_bytes(dataset))
-    existing = Path(cache)
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
+    existing = existing_ancestor(cache)
     free = shutil.disk_usage(existing).free
     if free < need:
         raise EnvironmentProblem(f"{existing}: {free / 2**30:.2f} GiB free, the preprocessed data and checkpoints "

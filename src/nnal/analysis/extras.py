@@ -25,18 +25,20 @@ def _model(backend, folder: ExperimentFolder, round_: int):
     return backend.model(backend.load_weights(folder.checkpoint_file(round_)))
 
 
-def _first_round_scores(folder: ExperimentFolder, key: str) -> dict[str, np.ndarray] | None:
-    """Round 1's scores when they hold ``key`` (the first selection made by a trained model)."""
+def _first_round_scores(folder: ExperimentFolder, *keys: str) -> tuple[dict[str, np.ndarray] | None, str]:
+    """Round 1's scores (the first selection made by a trained model), read once, and the first of ``keys`` they
+    hold; ``(None, "")`` when they hold none."""
     if not folder.scores_file(1).is_file():
-        return None
+        return None, ""
     scores = folder.read_scores(1)
-    return scores if key in scores else None
+    key = next((k for k in keys if k in scores), "")
+    return (scores, key) if key else (None, "")
 
 
 def embedding_extras(path: Path, extras: ReportExtras, max_points: int = 1500, seed: int = 0) -> bool:
     """Fig. 3: round 1's gradient embeddings, unlabeled / query / selected, sized by uncertainty."""
     folder = ExperimentFolder(path)
-    scores = _first_round_scores(folder, "grad_embeddings")
+    scores, _ = _first_round_scores(folder, "grad_embeddings")
     if scores is None:
         return False
     ids = scores["ids"]
@@ -59,9 +61,7 @@ def embedding_extras(path: Path, extras: ReportExtras, max_points: int = 1500, s
 def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
     """Fig. 6: misclassified pixels of the round-0 model against MC uncertainty and gradient length."""
     folder = ExperimentFolder(path)
-    key = next((k for k in ("class_uncertainty", "class_variance") if _first_round_scores(folder, k) is not None),
-               "class_uncertainty")
-    scores = _first_round_scores(folder, key)
+    scores, key = _first_round_scores(folder, "class_uncertainty", "class_variance")
     if scores is None:
         return False
     backend = _backend(folder)

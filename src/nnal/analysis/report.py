@@ -21,6 +21,7 @@ from nnal.analysis import panels as P
 from nnal.analysis.load import FULL, Experiment, batch_uncertainty, load_experiments, load_results, query_sets
 from nnal.analysis.stats import aubc_table, fg_efficiency, final_dice, learning_curves, penalty_matrix
 from nnal.errors import ReportError
+from nnal.preflight import existing_ancestor
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -194,9 +195,7 @@ def check_output(output: Path) -> None:
     before anything is read or written."""
     if output.exists() and not output.is_dir():
         raise ReportError(f"{output}: the report output is a file, not a folder")
-    parent = output
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = existing_ancestor(output)
     if parent != output and not parent.is_dir():
         raise ReportError(f"{output}: cannot create the report folder, {parent} is a file, not a folder")
     if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
