@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from nnal.backend.partial_labels import MaskedSegmentation, sampling_locations
-from nnal.config import PRESETS, Config, ConfigError, from_mapping
+from nnal.config import PRESETS, Config, ConfigError, build
 from nnal.experiment import PHASES, FolderLock, LockedError, State, atomic_write_json
 from nnal.pool import SlicePool
 
@@ -103,7 +103,7 @@ def test_presets_fill_the_schedule():
 ])
 def test_bad_config_is_rejected_with_the_field_name(values, message):
     with pytest.raises(ConfigError, match=message):
-        from_mapping(values).resolved()
+        build(values).resolved()
 
 
 @pytest.mark.parametrize("splits,message", [

@@ -128,10 +128,6 @@ def build(values: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: {err}") from None
 
 
-# the name the rest of the code base and the tests use
-from_mapping = build
-
-
 def describe_error(err: ValidationError) -> str:
     """The first problem of a pydantic error as ``field: what is wrong, got VALUE``."""
     errors = err.errors(include_url=False)

@@ -23,17 +23,16 @@ from tqdm import tqdm
 from nnal import __version__
 from nnal.config import Config
 from nnal.dataset import RawDataset, fingerprint, load_dataset, validate
-from nnal.experiment import RESULT_COLUMNS, ExperimentFolder
+from nnal.experiment import PHASES, RESULT_COLUMNS, ExperimentFolder
 from nnal.pool import SlicePool
 from nnal.preflight import check_device, check_disk, check_writable_folder, is_preprocessed
 from nnal.strategies import PoolView, Strategy, get_strategy
 
-PHASE_INDEX = {"score": 0, "select": 1, "train": 2, "evaluate": 3}
 BackendFactory = Callable[[RawDataset, Path, Config], Any]
 
 
 def phase_seed(seed: int, round_: int, phase: str) -> int:
-    return int(np.random.SeedSequence([seed, round_, PHASE_INDEX[phase]]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, round_, PHASES.index(phase)]).generate_state(1)[0])
 
 
 def nnunet_backend(dataset: RawDataset, cache: Path, config: Config):
