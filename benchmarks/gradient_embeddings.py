@@ -30,8 +30,8 @@ def main() -> None:
     from nnal.backend.session import Backend
     from nnal.dataset import load_dataset
 
-    backend = Backend(load_dataset(REPO / "data" / "Task04_Hippocampus"), Path("/tmp/nnal-bench-cache"), 0.1, 0,
-                      "cpu")
+    backend = Backend(load_dataset(REPO / "data" / "Task04_Hippocampus"), Path("/tmp/nnal-bench-cache"),
+                      dropout="element", dropout_p=0.01, mc_dropout_p=0.1, num_processes=0, device="cpu")
     torch.manual_seed(0)
     net = backend.network(None)
     case = sorted(backend.splits[0]["train"])[0]

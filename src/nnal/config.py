@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 RESUMABLE_CHANGES = frozenset({"rounds", "device", "num_processes"})
 # fields that decide round 0 (the initial random set and the first model): equal ones may share it
 ROUND0_FIELDS = ("dataset", "fold", "seed", "initial", "preset", "batch_size", "iterations_per_epoch",
-                 "epochs_initial", "initial_lr", "augmentation", "dropout_p", "pool_cases", "test_cases")
+                 "epochs_initial", "initial_lr", "augmentation", "dropout", "dropout_p", "pool_cases", "test_cases")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 OptionalPositiveInt = PositiveInt | None
@@ -63,8 +63,11 @@ class Config(BaseModel):
     epochs_per_round: OptionalPositiveInt = None
     initial_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     augmentation: bool | None = None  # None: from the preset; False uses nnU-Net's nnUNetTrainerNoDA
-    # model and scoring
-    dropout_p: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    # model and scoring. Dropout as the paper's code ran it (docs/fidelity.md): element-wise nn.Dropout after every
+    # convolution, p = 0.01 while training; the same modules raised to p = 0.1 for the MC-dropout passes
+    dropout: Literal["element", "channel"] = "element"  # channel: nn.Dropout2d (whole feature maps)
+    dropout_p: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.01
+    mc_dropout_p: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     mc_passes: Annotated[int, Field(ge=2)] = 10
     score_batch_size: OptionalPositiveInt = None
     # pool and test subsets (None: all cases of the fold), for demos and tests
@@ -139,6 +142,15 @@ def describe_error(err: ValidationError) -> str:
         return message[len("Value error, "):]
     field = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or part.isidentifier())
     return f"{field}: {message}, got {first['input']!r}"
+
+
+def upgrade_saved(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.yaml`` saved before the dropout regime was configurable, read as what that run did:
+    ``Dropout2d`` with one p for training and scoring. Saved configs name every field, so a missing
+    ``dropout`` marks them."""
+    if "dropout" in values or "dropout_p" not in values:
+        return values
+    return {**values, "dropout": "channel", "mc_dropout_p": values["dropout_p"]}
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_yaml
+from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_yaml, upgrade_saved
 from nnal.dataset import fingerprint_changes
 from nnal.errors import ConfigError, DatasetError, EnvironmentProblem, LockedError
 from nnal.pool import SlicePool
@@ -183,7 +183,7 @@ class ExperimentFolder:
     # --- config ---------------------------------------------------------------------------------------------
 
     def read_config(self) -> Config:
-        return build(load_yaml(self.config_file), str(self.config_file))
+        return build(upgrade_saved(load_yaml(self.config_file)), str(self.config_file))
 
     def reconcile(self, config: Config) -> Config:
         """A new folder takes ``config``; an existing one must hold the same experiment (resume)."""

@@ -39,7 +39,8 @@ def nnunet_backend(dataset: RawDataset, cache: Path, config: Config):
     """nnU-Net planned and preprocessed for ``dataset`` in ``cache`` (torch and nnU-Net load only here)."""
     from nnal.backend.session import Backend
 
-    return Backend(dataset, cache, config.dropout_p, config.num_processes, config.device)
+    return Backend(dataset, cache, dropout=config.dropout, dropout_p=config.dropout_p,
+                   mc_dropout_p=config.mc_dropout_p, num_processes=config.num_processes, device=config.device)
 
 
 def run_experiment(config: Config, output: Path, cache: Path | None = None, share_round0: Path | None = None,
@@ -60,7 +61,7 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     identity = fingerprint(dataset)
     folder.check_dataset(identity)
     check_device(config.device)
-    check_disk(dataset, cache, cache_ready=is_preprocessed(dataset, cache, config.dropout_p))
+    check_disk(dataset, cache, cache_ready=is_preprocessed(dataset, cache))
 
     with folder.lock():
         config = folder.reconcile(config)  # again under the lock: another process may have started it meanwhile

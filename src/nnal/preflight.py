@@ -71,7 +71,7 @@ def check_disk(dataset: RawDataset, cache: Path, cache_ready: bool) -> None:
                                  f"need about {need / 2**30:.2f} GiB")
 
 
-def is_preprocessed(dataset: RawDataset, cache: Path, dropout_p: float) -> bool:
+def is_preprocessed(dataset: RawDataset, cache: Path) -> bool:
     """Whether nnU-Net's preprocessed data for ``dataset`` are already in ``cache`` (the backend's layout:
-    ``<cache key>-p<dropout>/preprocessed/<dataset>/.nnal_done``)."""
-    return any(Path(cache).glob(f"{cache_key(dataset)}-p{dropout_p:g}/preprocessed/*/.nnal_done"))
+    ``<cache key>/preprocessed/<dataset>/.nnal_done``)."""
+    return any(Path(cache).glob(f"{cache_key(dataset)}/preprocessed/*/.nnal_done"))

@@ -18,7 +18,9 @@ def _backend(folder: ExperimentFolder):
     root = folder.read_environment().get("nnunet_root")
     if not root or not Path(root).is_dir():
         return None
-    return Backend.reopen(Path(root), "cpu")
+    config = folder.read_config()
+    return Backend.reopen(Path(root), "cpu", dropout=config.dropout, dropout_p=config.dropout_p,
+                          mc_dropout_p=config.mc_dropout_p)
 
 
 def _model(backend, folder: ExperimentFolder, round_: int):

@@ -37,6 +37,13 @@ def set_dropout(net: torch.nn.Module, active: bool) -> None:
             module.train(active)
 
 
+def set_dropout_p(net: torch.nn.Module, p: float) -> None:
+    """Set the probability of every dropout module (MC scoring raises the training p on the same modules)."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = float(p)
+
+
 def total_stride(plans: dict) -> tuple[int, int]:
     strides = np.prod(np.asarray(plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["strides"]),
                       axis=0)

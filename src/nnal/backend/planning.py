@@ -1,8 +1,9 @@
-"""nnU-Net fingerprint, plans (with dropout for MC dropout) and 2d preprocessing, once per dataset, cached."""
+"""nnU-Net fingerprint, plans and 2d preprocessing, once per dataset, cached; the dropout regime put into the plans."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -21,12 +22,11 @@ def dataset_folder_name(name: str) -> str:
     return f"Dataset{DATASET_ID:03d}_{safe}"
 
 
-def plan_and_preprocess(root: Path, folder_name: str, dropout_p: float, num_processes: int, verbose: bool = False
-                        ) -> dict:
+def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbose: bool = False) -> dict:
     """Run nnU-Net's fingerprint, planner and 2d preprocessor on ``root/raw/<folder_name>``; return the plans.
 
-    Done once: a marker file makes a second call return the cached plans. The 2d architecture gets a
-    ``Dropout2d`` after each convolution so the same network serves training and MC-dropout scoring.
+    Done once: a marker file makes a second call return the cached plans. The plans are nnU-Net's own; the
+    dropout regime is an experiment setting (:func:`with_dropout`), so one cache serves every regime.
     """
     configure_nnunet_env(root, num_processes)
     pre_dir = root / "preprocessed" / folder_name
@@ -48,10 +48,7 @@ def plan_and_preprocess(root: Path, folder_name: str, dropout_p: float, num_proc
         extract_fingerprint_dataset(DATASET_ID, num_processes=workers, check_dataset_integrity=False,
                                     clean=True, verbose=verbose, show_progress_bar=verbose)
         plan_experiment_dataset(DATASET_ID)
-        plans_file = pre_dir / f"{PLANS}.json"
-        plans = json.loads(plans_file.read_text())
-        add_dropout(plans, dropout_p)
-        plans_file.write_text(json.dumps(plans, indent=1))
+        plans = json.loads((pre_dir / f"{PLANS}.json").read_text())
         preprocess_dataset(DATASET_ID, PLANS, configurations=(CONFIGURATION,), num_processes=(workers,),
                            verbose=verbose, show_progress_bar=verbose)
     os.environ["nnUNet_n_proc_DA"] = str(num_processes)
@@ -60,14 +57,24 @@ def plan_and_preprocess(root: Path, folder_name: str, dropout_p: float, num_proc
     return plans
 
 
-def add_dropout(plans: dict, p: float) -> None:
-    """Put ``Dropout2d(p)`` into the 2d architecture (one architecture for all rounds: keys stay stable)."""
-    arch = plans["configurations"][CONFIGURATION]["architecture"]
-    arch["arch_kwargs"]["dropout_op"] = "torch.nn.Dropout2d"
+DROPOUT_OPS = {"element": "torch.nn.Dropout", "channel": "torch.nn.Dropout2d"}
+
+
+def with_dropout(plans: dict, kind: str, p: float) -> dict:
+    """A copy of the plans whose 2d architecture has a dropout module of ``kind`` (``element``: ``nn.Dropout``,
+    as the paper's code; ``channel``: ``nn.Dropout2d``) with probability ``p`` after every convolution.
+
+    The module is there even at p = 0: the same architecture in every round and for MC scoring, whose p is set
+    on these modules at scoring time (and state-dict keys depend on the module's presence).
+    """
+    out = copy.deepcopy(plans)
+    arch = out["configurations"][CONFIGURATION]["architecture"]
+    arch["arch_kwargs"]["dropout_op"] = DROPOUT_OPS[kind]
     arch["arch_kwargs"]["dropout_op_kwargs"] = {"p": float(p), "inplace": False}
     required = arch.setdefault("_kw_requires_import", [])
     if "dropout_op" not in required:
         required.append("dropout_op")
+    return out
 
 
 def load_splits(root: Path, folder_name: str, case_names: list[str]) -> list[dict[str, list[str]]]:

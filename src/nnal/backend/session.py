@@ -20,11 +20,11 @@ from nnal.dataset import RawDataset, cache_key, write_nnunet_raw
 class Backend:
     """nnU-Net planned and preprocessed for one dataset; the loop's only door to nnU-Net."""
 
-    def __init__(self, dataset: RawDataset, cache: Path, dropout_p: float, num_processes: int, device: str,
-                 verbose: bool = False):
+    def __init__(self, dataset: RawDataset, cache: Path, *, dropout: str, dropout_p: float, mc_dropout_p: float,
+                 num_processes: int, device: str, verbose: bool = False):
         set_threads()
         self.device = resolve_device(device)
-        self.root = Path(cache) / f"{cache_key(dataset)}-p{dropout_p:g}"
+        self.root = Path(cache) / cache_key(dataset)
         self.folder_name = planning.dataset_folder_name(dataset.name)
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as lock:  # experiments sharing a cache preprocess once
@@ -33,15 +33,19 @@ class Backend:
             raw = self.root / "raw" / self.folder_name
             if not (raw / "dataset.json").is_file():
                 write_nnunet_raw(dataset, raw)
-            self.plans = planning.plan_and_preprocess(self.root, self.folder_name, dropout_p, num_processes, verbose)
+            plans = planning.plan_and_preprocess(self.root, self.folder_name, num_processes, verbose)
             self.dataset_json = json.loads((raw / "dataset.json").read_text())
             self.splits = planning.load_splits(self.root, self.folder_name, [c.name for c in dataset.cases])
+        self.plans = planning.with_dropout(plans, dropout, dropout_p)  # what training builds
+        self.mc_dropout_p = mc_dropout_p
         self.folder = planning.preprocessed_dir(self.root, self.folder_name, self.plans)
         self.labels = sorted(int(v) for v in self.dataset_json["labels"].values())
 
     @classmethod
-    def reopen(cls, root: Path, device: str = "cpu") -> Backend:
-        """An existing planned and preprocessed cache (``environment.json``'s ``nnunet_root``), for inference."""
+    def reopen(cls, root: Path, device: str = "cpu", *, dropout: str, dropout_p: float, mc_dropout_p: float
+               ) -> Backend:
+        """An existing planned and preprocessed cache (``environment.json``'s ``nnunet_root``), for inference, with
+        the experiment's dropout regime (the network's module layout must match its checkpoints)."""
         self = cls.__new__(cls)
         set_threads()
         self.device = resolve_device(device)
@@ -51,7 +55,8 @@ class Backend:
             raise FileNotFoundError(f"{self.root}: no nnU-Net plans (was the experiment's cache removed?)")
         pre = plans_files[0].parent
         self.folder_name = pre.name
-        self.plans = json.loads(plans_files[0].read_text())
+        self.plans = planning.with_dropout(json.loads(plans_files[0].read_text()), dropout, dropout_p)
+        self.mc_dropout_p = mc_dropout_p
         self.dataset_json = json.loads((pre / "dataset.json").read_text())
         self.splits = json.loads((pre / "splits_final.json").read_text())
         self.folder = planning.preprocessed_dir(self.root, self.folder_name, self.plans)
@@ -79,8 +84,11 @@ class Backend:
         return inference.build_network(self.plans, self.dataset_json, weights, self.device)
 
     def model(self, weights: Mapping[str, torch.Tensor] | None) -> Model:
-        """The network bound to one round's weights (build it once per phase)."""
-        return Model(self.network(weights), self.plans, self.folder, self.labels, self.device)
+        """The network bound to one round's weights (build it once per phase), its dropout modules at the scoring
+        probability: they act only in the MC-dropout passes, every other pass runs them in eval mode."""
+        network = self.network(weights)
+        inference.set_dropout_p(network, self.mc_dropout_p)
+        return Model(network, self.plans, self.folder, self.labels, self.device)
 
     def evaluate(self, weights: Mapping[str, torch.Tensor], cases: list[str], batch_size: int,
                  on_case: Callable[[], None] | None = None) -> list[tuple[str, int, float]]:

@@ -82,31 +82,38 @@ def train(plans: dict, dataset_json: dict, fold: int, labeled: Mapping[str, np.n
           init_weights: Mapping[str, torch.Tensor] | None, log_dir: Path, device: torch.device, seed: int,
           on_step: Callable[[float], None] | None = None) -> dict[str, torch.Tensor]:
     """Train (or fine-tune from ``init_weights``) on the labeled slices; return the network's state dict."""
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
-    if schedule.batch_size is not None:
-        plans["configurations"][CONFIGURATION]["batch_size"] = int(schedule.batch_size)
-    dataset_json = partial_label_dataset_json(dataset_json)
     seed_everything(seed)
     log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()) as captured:
-        trainer_class = NnalTrainer if schedule.augmentation else NnalTrainerNoDA
-        trainer = trainer_class(plans, CONFIGURATION, fold, dataset_json, device)
-        trainer.output_folder = trainer.output_folder_base = str(log_dir)
-        trainer.log_file = str(log_dir / "training_log.txt")
-        trainer.num_epochs = schedule.epochs
-        trainer.num_iterations_per_epoch = schedule.iterations_per_epoch
-        trainer.num_val_iterations_per_epoch = schedule.val_iterations
-        trainer.initial_lr = schedule.initial_lr
-        trainer.nnal_labeled = labeled
-        trainer.nnal_seed = seed
-        trainer.nnal_on_step = on_step
-        trainer.initialize()
+        trainer = make_trainer(plans, dataset_json, fold, labeled, schedule, log_dir, device, seed, on_step)
         if init_weights is not None:
             trainer.network.load_state_dict(init_weights)
         trainer.run_training()
     (log_dir / "stdout.txt").write_text(captured.getvalue())
     return {k: v.detach().cpu().clone() for k, v in trainer.network.state_dict().items()}
+
+
+def make_trainer(plans: dict, dataset_json: dict, fold: int, labeled: Mapping[str, np.ndarray], schedule: Schedule,
+                 log_dir: Path, device: torch.device, seed: int,
+                 on_step: Callable[[float], None] | None = None) -> NnalTrainer:
+    """nnU-Net's trainer for one round, initialised (its network built from ``plans``), not yet trained."""
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = False
+    if schedule.batch_size is not None:
+        plans["configurations"][CONFIGURATION]["batch_size"] = int(schedule.batch_size)
+    trainer_class = NnalTrainer if schedule.augmentation else NnalTrainerNoDA
+    trainer = trainer_class(plans, CONFIGURATION, fold, partial_label_dataset_json(dataset_json), device)
+    trainer.output_folder = trainer.output_folder_base = str(log_dir)
+    trainer.log_file = str(log_dir / "training_log.txt")
+    trainer.num_epochs = schedule.epochs
+    trainer.num_iterations_per_epoch = schedule.iterations_per_epoch
+    trainer.num_val_iterations_per_epoch = schedule.val_iterations
+    trainer.initial_lr = schedule.initial_lr
+    trainer.nnal_labeled = labeled
+    trainer.nnal_seed = seed
+    trainer.nnal_on_step = on_step
+    trainer.initialize()
+    return trainer
 
 
 def partial_label_dataset_json(dataset_json: dict) -> dict:
