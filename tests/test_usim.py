@@ -190,9 +190,35 @@ def test_fisher_similarity_by_hand() -> None:
     s = fisher_similarity(g_u, g_q, f, damping=0.0)
     assert s.dtype == np.float32
     np.testing.assert_allclose(s, [[1.0, 1.5], [0.0, 0.25]])
-    np.testing.assert_allclose(fisher_similarity(g_u, g_q, f), [[1.0, 1.5], [0.0, 0.25]], rtol=1e-6)
+    np.testing.assert_allclose(fisher_similarity(g_u, g_q, f), [[1.0, 1.5], [0.0, 0.25]], rtol=1e-5)
     with pytest.raises(ValueError):
         fisher_similarity(g_u, g_q, np.array([0.0, 1.0]), damping=0.0)
+
+
+def test_fisher_damping_is_relative_to_the_fishers_mean() -> None:
+    g_u, g_q, f = np.array([[1.0, 2.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([0.0, 4.0])
+    delta = 0.5 * f.mean()  # 1.0 by hand
+    expected = g_u @ np.diag(1.0 / (f + delta)) @ g_q.T  # [[1, 1 + 2/5], [0, 1/5]]
+    np.testing.assert_allclose(expected, [[1.0, 1.4], [0.0, 0.2]])
+    np.testing.assert_allclose(fisher_similarity(g_u, g_q, f, damping=0.5), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e3])
+def test_fisher_damping_is_scale_aware(scale) -> None:
+    """Gradients scaled by a (and so F by a^2, as F = E[g^2]) give the same S and the same USIMF picks."""
+    from nnal.strategies import get_strategy
+
+    data = np.random.default_rng(11)
+    g = data.normal(size=(40, 12)) * data.random(12) ** 3  # some parameters with tiny gradients
+    f = (g[:10] ** 2).mean(0)
+    base = fisher_similarity(g, g[:10], f, damping=0.1)
+    scaled = fisher_similarity(g * scale, g[:10] * scale, f * scale**2, damping=0.1)
+    np.testing.assert_allclose(scaled, base, rtol=1e-4, atol=1e-6 * np.abs(base).max())
+    scores = {"ids": np.arange(40), "grad_embeddings": g, "query": np.arange(10), "fisher": f}
+    picks = get_strategy("usimf").select(scores, 5, np.random.default_rng(0), damping=0.1)
+    scores_scaled = {**scores, "grad_embeddings": g * scale, "fisher": f * scale**2}
+    picks_scaled = get_strategy("usimf").select(scores_scaled, 5, np.random.default_rng(0), damping=0.1)
+    np.testing.assert_array_equal(picks, picks_scaled)
 
 
 # --- selection ------------------------------------------------------------------------------------------------

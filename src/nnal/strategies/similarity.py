@@ -43,15 +43,21 @@ def fisher_similarity(
     g_u: np.ndarray,
     g_q: np.ndarray,
     fisher_subset: np.ndarray,
-    damping: float = 1e-8,
+    damping: float = 1e-6,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> np.ndarray:
-    """Paper Eq. 4: (N, Q) float32 g_u diag(1 / (F + damping)) g_q^T, F the diagonal Fisher of the chosen params."""
+    """Paper Eq. 4: (N, Q) float32 g_u diag(1 / (F + δ)) g_q^T, F the diagonal Fisher of the chosen params.
+
+    The damping is relative to the Fisher's scale, δ = ``damping`` x mean(F): gradients scaled by a (CT against
+    MRI intensities, another loss scale) scale F by a^2 and S by a constant, so the selection does not change.
+    An absolute δ would act strongly on one dataset and not at all on another.
+    """
     u, q, dtype = _pair(g_u, g_q)
     f = _finite(fisher_subset, "fisher_subset", 1, nonnegative=True).astype(np.float64)
     if len(f) != u.shape[1]:
         raise ValueError(f"fisher_subset has {len(f)} entries, gradients {u.shape[1]}")
-    if not np.isfinite(damping) or damping < 0 or ((f + damping) <= 0).any():
-        raise ValueError("F + damping must be positive everywhere")
-    scaled = q.astype(dtype) * (1.0 / (f + damping)).astype(dtype)  # (Q, d), no float64 copy
+    delta = damping * f.mean() if len(f) else 0.0
+    if not np.isfinite(damping) or damping < 0 or ((f + delta) <= 0).any():
+        raise ValueError("F + damping x mean(F) must be positive everywhere")
+    scaled = q.astype(dtype) * (1.0 / (f + delta)).astype(dtype)  # (Q, d), no float64 copy
     return _product(u, scaled.T, dtype, chunk_elements, normalize=False)

@@ -314,7 +314,7 @@ def usimc_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: 
 
 def usimf_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: float = 1.0,
                  optimizer: str = "by-pool-size", epsilon: float = 0.01, negatives: str = "clipped",
-                 damping: float = 1e-8) -> np.ndarray:
+                 damping: float = 1e-6) -> np.ndarray:
     """USIMF: Fisher-kernel similarity g_u^T F^-1 g_q on Fisher-sampled parameters, then FLQMI."""
     g = np.asarray(scores["grad_embeddings"])
     s = fisher_similarity(g, g[np.asarray(scores["query"])], np.asarray(scores["fisher"]), damping=damping)
@@ -352,6 +352,6 @@ register(Strategy("usimf", usimf_select, needs=_USIM_NEEDS, option_needs=usim_ne
                   options=(*_COMMON,
                            Option("fisher_group", Literal["network", "decoder", "bottleneck"], "network",
                                   "parameters of the Fisher kernel: the network (Eq. 3) or the decoder (the code)"),
-                           Option("damping", Annotated[float, Field(ge=0, allow_inf_nan=False)], 1e-8,
-                                  "added to the Fisher diagonal before inverting")),
+                           Option("damping", Annotated[float, Field(ge=0, allow_inf_nan=False)], 1e-6,
+                                  "added to the Fisher diagonal before inverting, times its mean (scale-aware)")),
                   help="USIMF: FLQMI on the Fisher-kernel similarity of gradient embeddings"))
