@@ -116,6 +116,7 @@ def test_query_size_is_the_code_rule_and_never_below_the_budget(name: str, budge
     assert query_size_for(y, budget) == expected >= budget
     assert query_size_for(y, budget, floor_budgets=0.0) >= budget
     assert query_size_for(y, budget, size=3) == max(3, budget)
+    assert query_size_for(y, budget, size="pool") == max(len(y), budget)  # Appendix D's Q = U
 
 
 # --- Fisher and parameters ------------------------------------------------------------------------------------

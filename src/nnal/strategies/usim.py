@@ -144,9 +144,12 @@ def elbow_size(uncertainty: np.ndarray, *, sensitivity: float = 10.0, floor: int
 
 def query_size_for(uncertainty: np.ndarray, budget: int, *, size: int | str = "elbow", sensitivity: float = 10.0,
                    floor_budgets: float = 5.0) -> int:
-    """Q for a round: the elbow rule with the floor ``ceil(floor_budgets * budget)``, or a fixed size; never below
-    the budget (a query set smaller than the batch saturates FLQMI's coverage term), at most N for the elbow."""
+    """Q for a round: the elbow rule with the floor ``ceil(floor_budgets * budget)``, ``"pool"`` (Q = N, the
+    unlabeled pool's size: Appendix D's Q = U), or a fixed size; never below the budget (a query set smaller than
+    the batch saturates FLQMI's coverage term), at most N for the elbow."""
     budget = _count(budget, "budget")
+    if size == "pool":
+        return max(len(uncertainty), budget)
     if size == "elbow":
         q = elbow_size(uncertainty, sensitivity=sensitivity, floor=int(np.ceil(floor_budgets * budget)))
         return max(q, min(budget, len(uncertainty)))
@@ -325,7 +328,8 @@ _PositiveInt = Annotated[int, Field(ge=1)]
 _COMMON = (
     Option("query_mode", Literal["weighted", "uniform", "max-uncertainty"], "weighted",
            "how the query set is drawn: the paper's uncertainty-weighted draws, or Appendix D's variants"),
-    Option("query_size", Literal["elbow"] | _PositiveInt, "elbow", "Q: the elbow of the uncertainty curve or a size"),
+    Option("query_size", Literal["elbow", "pool"] | _PositiveInt, "elbow",
+           "Q: the elbow of the uncertainty curve, the unlabeled pool's size, or a size"),
     Option("query_sensitivity", Annotated[float, Field(gt=0, allow_inf_nan=False)], 10.0,
            "kneed's S for the elbow (the paper's code: 10)"),
     Option("query_floor_budgets", Annotated[float, Field(ge=0, allow_inf_nan=False)], 5.0,
