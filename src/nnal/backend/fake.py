@@ -19,7 +19,7 @@ import numpy as np
 from nnal.dataset import RawDataset
 
 CaseSlices = list[tuple[str, np.ndarray]]
-GROUPS = ("bottleneck", "decoder", "network")
+GROUPS = ("bottleneck", "last-decoder-conv", "decoder", "network")
 
 
 class FakeBackend:
@@ -134,8 +134,11 @@ class FakeModel:
                 "std": mc.std(0).mean(), "variance": mc.var(0).mean(),
                 "class_uncertainty": mc.std(0)[..., 1:].reshape(-1, len(self.prototypes) - 1).mean(0),
                 "class_variance": mc.var(0)[..., 1:].reshape(-1, len(self.prototypes) - 1).mean(0),
-                "features": np.array([image.mean(), image.std(), *p.reshape(-1, p.shape[-1]).mean(0)]),
-                "badge_embeddings": (p - np.eye(p.shape[-1])[p.argmax(-1)]).reshape(-1, p.shape[-1]).mean(0),
+                # a fixed-length "flattened map": class means over a 2x2 grid of the slice
+                "features": np.concatenate([q.reshape(-1, q.shape[-1]).mean(0) for half in
+                                            np.array_split(p, 2, axis=0) for q in np.array_split(half, 2, axis=1)]),
+                "pooled_features": np.array([image.mean(), image.std(), *p.reshape(-1, p.shape[-1]).mean(0)]),
+                "head_embeddings": (p - np.eye(p.shape[-1])[p.argmax(-1)]).reshape(-1, p.shape[-1]).mean(0),
             }
             for k in keys:
                 out[k].append(values[k])
@@ -144,7 +147,7 @@ class FakeModel:
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
     def parameter_count(self, group: str) -> int:
-        return {"bottleneck": 8, "decoder": 16, "network": 24}[group]
+        return {"bottleneck": 8, "last-decoder-conv": 12, "decoder": 16, "network": 24}[group]
 
     def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
                             on_batch: Callable[[int], None] | None = None) -> np.ndarray:

@@ -14,14 +14,19 @@ import torch
 
 from nnal.backend.inference import set_dropout
 
-PARAMETER_GROUPS = ("bottleneck", "decoder", "network")
+PARAMETER_GROUPS = ("bottleneck", "last-decoder-conv", "decoder", "network")
 
 
 def parameter_names(net: torch.nn.Module, group: str) -> list[str]:
-    """Trainable parameter names of a group: the bottleneck's last convolution, the decoder, or all."""
+    """Trainable parameter names of a group: the bottleneck's last convolution (weight), the decoder's last 3x3
+    convolution (weight and bias: BADGE(LL)'s layer in the paper's code), the decoder, or all."""
     if group == "bottleneck":
         convs = [n for n, m in net.encoder.stages[-1].named_modules() if isinstance(m, torch.nn.Conv2d)]
         return [f"encoder.stages.{len(net.encoder.stages) - 1}.{convs[-1]}.weight"]
+    if group == "last-decoder-conv":
+        # found by identity: nnU-Net registers the same conv twice (``.conv`` and ``.all_modules.0``)
+        own = {id(p) for p in net.decoder.stages[-1].convs[-1].conv.parameters() if p.requires_grad}
+        return [n for n, p in net.named_parameters() if id(p) in own]
     if group == "decoder":
         return [n for n, p in net.named_parameters() if n.startswith("decoder.") and p.requires_grad]
     if group == "network":

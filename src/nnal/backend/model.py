@@ -34,7 +34,8 @@ class Model:
                                   self.device, seed, on_batch)
 
     def parameter_count(self, group: str) -> int:
-        """Trainable parameters of a group: ``bottleneck`` (its last convolution), ``decoder`` or ``network``."""
+        """Trainable parameters of a group: ``bottleneck`` (its last convolution), ``last-decoder-conv`` (the
+        decoder's last 3x3 convolution), ``decoder`` or ``network``."""
         return gradients.parameter_count(self.network, gradients.parameter_names(self.network, group))
 
     def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,

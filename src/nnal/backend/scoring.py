@@ -5,6 +5,7 @@ The pool's probability maps are never held: each batch is reduced to scalars (or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -16,8 +17,12 @@ from nnal.backend.inference import centred_window, load_volume, padded_shape, se
 from nnal.backend.planning import CONFIGURATION
 
 MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty", "class_variance"})
-DETERMINISTIC_KEYS = frozenset({"entropy", "features", "badge_embeddings"})
+DETERMINISTIC_KEYS = frozenset({"entropy", "features", "pooled_features", "head_embeddings"})
 KNOWN_KEYS = MC_KEYS | DETERMINISTIC_KEYS
+FEATURE_DIM = 10_000  # Core-Set's flattened bottleneck: longer vectors are randomly projected to this many dims
+# one fixed seed for the projection, so the pool and the labeled set (two passes of a round, and every round)
+# share one matrix
+PROJECTION_SEED = 0
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -97,24 +102,61 @@ def _stack(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Ten
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
 
 
+def feature_grid(plans: dict) -> tuple[int, int]:
+    """Core-Set's fixed bottleneck grid: the patch size over the total stride (cells), the same for every case."""
+    patch = plans["configurations"][CONFIGURATION]["patch_size"]
+    return tuple(-(-int(p) // s) for p, s in zip(patch, total_stride(plans), strict=True))
+
+
+def bottleneck_on_grid(bottleneck: torch.Tensor, mask: torch.Tensor, stride: tuple[int, int],
+                       grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, F*gh*gw)``: the bottleneck map ``(B, F, h, w)`` with cells whose ``stride`` footprint in the valid
+    mask ``(B, H, W)`` is all padding zeroed, centred on the ``grid`` (its centre cropped when larger), flattened.
+
+    Padded sizes differ between cases; the grid gives every slice a vector of one length whose entries mean the
+    same place relative to the slice's centre.
+    """
+    valid = torch.nn.functional.max_pool2d(mask[:, None].to(bottleneck.dtype), stride, stride)
+    x = bottleneck * valid
+    inner = (min(x.shape[-2], grid[0]), min(x.shape[-1], grid[1]))
+    src_rows, src_cols = centred_window(inner, tuple(x.shape[-2:]))
+    dst_rows, dst_cols = centred_window(inner, grid)
+    out = x.new_zeros(len(x), x.shape[1], *grid)
+    out[:, :, dst_rows, dst_cols] = x[:, :, src_rows, src_cols]
+    return out.flatten(1)
+
+
+def random_projection(dim: int, k: int, seed: int = PROJECTION_SEED) -> torch.Tensor:
+    """``(dim, k)`` Gaussian matrix over sqrt(k) (squared norms kept in expectation), drawn on the CPU from
+    ``seed`` so that every device gets the same matrix."""
+    return torch.randn(dim, k, generator=torch.Generator().manual_seed(seed)) / math.sqrt(k)
+
+
 @torch.inference_mode()
 def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
                keys: set[str], mc_passes: int, batch_size: int, device: torch.device, seed: int,
-               on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Score the given slices of each case; arrays come back in the order of ``cases`` then slices."""
+               on_batch: Callable[[int], None] | None = None, *, feature_dim: int = FEATURE_DIM
+               ) -> dict[str, np.ndarray]:
+    """Score the given slices of each case; arrays come back in the order of ``cases`` then slices.
+
+    ``features``: the flattened bottleneck on the fixed grid (:func:`bottleneck_on_grid`), projected to
+    ``feature_dim`` entries when longer; ``pooled_features``: the bottleneck's global average.
+    """
     unknown = set(keys) - KNOWN_KEYS
     if unknown:
         raise ValueError(f"unknown score keys: {sorted(unknown)}")
     patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
     torch.manual_seed(seed)
-    features: list[torch.Tensor] = []
+    bottleneck: list[torch.Tensor] = []
     capture = {"on": False}
     hook = None
-    if "features" in keys:  # bottleneck = last encoder stage, global-average pooled, dropout-free pass only
+    if keys & {"features", "pooled_features"}:  # bottleneck = last encoder stage, dropout-free pass only
         hook = net.encoder.stages[-1].register_forward_hook(
-            lambda _m, _i, out: features.append(out.float().mean((-2, -1)).cpu()) if capture["on"] else None)
+            lambda _m, _i, out: bottleneck.append(out.float()) if capture["on"] else None)
+    stride, grid = total_stride(plans), feature_grid(plans)
+    projection: list[torch.Tensor] = []  # drawn once, on the first batch that needs it
     head_inputs: list[torch.Tensor] = []
-    if "badge_embeddings" in keys:  # the 1x1 segmentation head's input, for BADGE's closed-form gradient
+    if "head_embeddings" in keys:  # the 1x1 segmentation head's input, for BADGE's closed-form gradient
         hooks_head = net.decoder.seg_layers[-1].register_forward_hook(
             lambda _m, i, _o: head_inputs.append(i[0].float()) if capture["on"] else None)
     else:
@@ -133,7 +175,18 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
                     if k in keys:
                         parts[k].append(v.cpu())
                 if head_inputs:
-                    parts["badge_embeddings"].append(head_gradient_embeddings(head_inputs.pop(), probs, mask).cpu())
+                    parts["head_embeddings"].append(head_gradient_embeddings(head_inputs.pop(), probs, mask).cpu())
+                if bottleneck:
+                    out = bottleneck.pop()
+                    if "pooled_features" in keys:  # over the whole padded map, as before the flattened default
+                        parts["pooled_features"].append(out.mean((-2, -1)).cpu())
+                    if "features" in keys:
+                        flat = bottleneck_on_grid(out, mask, stride, grid)
+                        if flat.shape[1] > feature_dim:  # per batch: the pool's full maps are never held
+                            if not projection:
+                                projection.append(random_projection(flat.shape[1], feature_dim).to(flat.device))
+                            flat = flat @ projection[0]
+                        parts["features"].append(flat.cpu())
             if keys & MC_KEYS:
                 set_dropout(net, True)
                 probs = torch.stack([net(batch).float().softmax(1) for _ in range(mc_passes)])
@@ -148,8 +201,6 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
             if h is not None:
                 h.remove()
         set_dropout(net, False)
-    if "features" in keys:
-        parts["features"] = features
     return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
 
 

@@ -14,12 +14,15 @@ The scoring phase fills ``scores`` in two steps:
    - ``variance``       (N,)   same with the variance (the paper's code behaviour)
    - ``class_uncertainty`` (N, C) per-class mean MC std, foreground classes only
    - ``class_variance`` (N, C) per-class mean MC variance, foreground classes only
-   - ``features``       (N, D) pooled bottleneck features
-   - ``badge_embeddings`` (N, E) closed-form head gradients (softmax - onehot(pseudo label)) x features
+   - ``features``       (N, D) the bottleneck map (last encoder stage) on a fixed grid of patch / stride cells,
+                        padding cells zeroed, flattened; a fixed-seed Gaussian projection to 10,000 dims when longer
+   - ``pooled_features`` (N, F) the bottleneck map globally averaged
+   - ``head_embeddings`` (N, E) closed-form gradients of the 1x1 segmentation head,
+                        (softmax - onehot(pseudo label)) x the head's input
 
 2. a strategy's own ``prepare(model, pool, scores, rng, *, options)`` step adds what it alone reads (labeled-set
-   features, USIM's query set and gradient embeddings, ...), named in ``provides``. It talks to the model only
-   through :class:`ModelLike`, numpy in and out.
+   features, BADGE's last-conv gradient embeddings, USIM's query set and gradient embeddings, ...), named in
+   ``provides``. It talks to the model only through :class:`ModelLike`, numpy in and out.
 
 Options are declared once per strategy (:class:`Option`); ``select`` and ``prepare`` take them keyword-only,
 each the ones its signature names. Unknown options, wrong types and values are :class:`ConfigError` lines.
@@ -45,7 +48,7 @@ PrepareFn = Callable[..., dict[str, np.ndarray]]
 CaseSlices = list[tuple[str, np.ndarray]]
 
 MODEL_SCORE_KEYS = frozenset({"entropy", "bald", "std", "variance", "class_uncertainty", "class_variance",
-                              "features", "badge_embeddings"})
+                              "features", "pooled_features", "head_embeddings"})
 _POSITIONAL = {"select": ("scores", "budget", "rng"), "prepare": ("model", "pool", "scores", "rng")}
 
 

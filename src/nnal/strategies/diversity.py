@@ -13,6 +13,10 @@ from pydantic import Field
 
 from nnal.strategies.base import ModelLike, Option, PoolView, Scores, Strategy, register
 from nnal.strategies.checks import CHUNK_ELEMENTS, matrix, row_blocks, score_vector
+from nnal.strategies.usim import truncate_indices
+
+# Core-Set's feature options and the model score key each reads
+FEATURE_KEYS = {"flattened": "features", "pooled": "pooled_features"}
 
 
 def sq_dist_to_point(x: np.ndarray, point: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
@@ -48,16 +52,22 @@ def min_sq_dist(x: np.ndarray, y: np.ndarray, chunk_elements: int = CHUNK_ELEMEN
 # --- Core-Set -------------------------------------------------------------------------------------------------
 
 
-def coreset_select(scores: Scores, budget: int, rng: np.random.Generator, *,
+def coreset_needs(*, features: str = "flattened", **_: object) -> tuple[str, ...]:
+    """The pool's bottleneck features: flattened on a fixed grid (the paper's) or globally averaged."""
+    return (FEATURE_KEYS[features],)
+
+
+def coreset_select(scores: Scores, budget: int, rng: np.random.Generator, *, features: str = "flattened",
                    chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
-    """k-center greedy (Sener and Savarese) on ``features`` with Euclidean distance.
+    """k-center greedy (Sener and Savarese) on the ``features`` (or ``pooled_features``) with Euclidean distance.
 
     Each pool slice starts at its distance to the nearest labeled slice; the farthest slice is picked (ties: the
     lowest pool position) and the distances are updated, ``budget`` times. With no labeled slice the first pick
     is uniform at random from ``rng``; otherwise ``rng`` is not used.
     """
     ids = np.asarray(scores["ids"])
-    x = matrix(scores["features"], "scores['features']", rows=len(ids))
+    key = FEATURE_KEYS[features]
+    x = matrix(scores[key], f"scores['{key}']", rows=len(ids))
     labeled = np.asarray(scores["labeled_features"])
     if labeled.size == 0:
         labeled = labeled.reshape(0, x.shape[1])
@@ -73,17 +83,37 @@ def coreset_select(scores: Scores, budget: int, rng: np.random.Generator, *,
     return ids[np.asarray(chosen, dtype=np.int64)]
 
 
-def coreset_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator
-                    ) -> dict[str, np.ndarray]:
-    """The labeled set's bottleneck features (one dropout-free pass), the centres Core-Set starts from."""
+def coreset_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
+                    features: str = "flattened") -> dict[str, np.ndarray]:
+    """The labeled set's bottleneck features under the pool's key (one dropout-free pass), the centres Core-Set
+    starts from."""
+    key = FEATURE_KEYS[features]
     if not pool.labeled_cases:
-        return {"labeled_features": np.empty((0, np.asarray(scores["features"]).shape[1]), dtype=np.float32)}
-    features = model.scores(pool.labeled_cases, {"features"}, mc_passes=pool.mc_passes,
-                            batch_size=pool.batch_size, seed=0)["features"]
-    return {"labeled_features": features}
+        return {"labeled_features": np.empty((0, np.asarray(scores[key]).shape[1]), dtype=np.float32)}
+    labeled = model.scores(pool.labeled_cases, {key}, mc_passes=pool.mc_passes, batch_size=pool.batch_size,
+                           seed=0)[key]
+    return {"labeled_features": labeled}
 
 
 # --- BADGE(LL) ------------------------------------------------------------------------------------------------
+
+
+def badge_needs(*, embedding: str = "last-conv", **_: object) -> tuple[str, ...]:
+    """The head's closed-form gradients come from the pool pass; the last-conv gradients from ``prepare``."""
+    return ("head_embeddings",) if embedding == "head" else ()
+
+
+def badge_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
+                  embedding: str = "last-conv", embedding_dim: int = 10_000) -> dict[str, np.ndarray]:
+    """``badge_embeddings``: per-slice gradients of the pseudo-label log-likelihood w.r.t. the decoder's last 3x3
+    convolution (a seeded subset of ``embedding_dim`` of its parameters when it has more), or, with
+    ``embedding="head"``, the pool pass's closed-form gradients of the 1x1 segmentation head."""
+    if embedding == "head":
+        return {"badge_embeddings": np.asarray(scores["head_embeddings"])}
+    n_params = model.parameter_count("last-decoder-conv")
+    index = truncate_indices(n_params, embedding_dim, rng) if n_params > embedding_dim else None
+    return {"badge_embeddings": model.gradient_embeddings(pool.cases, group="last-decoder-conv", index=index,
+                                                          batch_size=pool.batch_size, on_batch=pool.on_batch)}
 
 
 def badge_select(scores: Scores, budget: int, rng: np.random.Generator, *,
@@ -156,10 +186,19 @@ def stochastic_batches_select(scores: Scores, budget: int, rng: np.random.Genera
 CHUNK_OPTION = Option("chunk_elements", Annotated[int, Field(ge=1)], CHUNK_ELEMENTS,
                       "floats per temporary distance block (memory, not the result)")
 
-register(Strategy("coreset", coreset_select, needs=("features",), prepare=coreset_prepare,
-                  provides=("labeled_features",), options=(CHUNK_OPTION,),
+register(Strategy("coreset", coreset_select, option_needs=coreset_needs, prepare=coreset_prepare,
+                  provides=("labeled_features",),
+                  options=(CHUNK_OPTION,
+                           Option("features", Literal["flattened", "pooled"], "flattened",
+                                  "the bottleneck map flattened (the paper) or globally averaged")),
                   help="Core-Set: k-center greedy on bottleneck features, distances to the labeled set first"))
-register(Strategy("badge", badge_select, needs=("badge_embeddings",), options=(CHUNK_OPTION,),
+register(Strategy("badge", badge_select, option_needs=badge_needs, prepare=badge_prepare,
+                  provides=("badge_embeddings",),
+                  options=(CHUNK_OPTION,
+                           Option("embedding", Literal["last-conv", "head"], "last-conv",
+                                  "gradients of the decoder's last 3x3 conv (the paper's code) or of the 1x1 head"),
+                           Option("embedding_dim", Annotated[int, Field(ge=1)], 10_000,
+                                  "last-conv gradient entries (parameters) kept, a seeded subset")),
                   help="BADGE(LL): k-means++ seeding on gradient embeddings under pseudo labels"))
 register(Strategy("stochastic-batches", stochastic_batches_select, needs=("entropy",), score_key="entropy",
                   options=(Option("reduce", Literal["sum", "mean"], "sum",
