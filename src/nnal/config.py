@@ -35,10 +35,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 RESUMABLE_CHANGES = frozenset({"rounds", "device", "num_processes"})
 # fields that decide round 0 (the initial random set and the first model): equal ones may share it
 ROUND0_FIELDS = ("dataset", "fold", "seed", "initial", "preset", "batch_size", "iterations_per_epoch",
-                 "epochs_initial", "initial_lr", "augmentation", "dropout", "dropout_p", "pool_cases", "test_cases")
+                 "epochs_initial", "initial_lr", "augmentation", "dropout", "dropout_p", "pool_cases", "test_cases",
+                 "redundancy")  # the pool's duplicates shift every id: pools that differ never share round 0
 
 PositiveInt = Annotated[int, Field(ge=1)]
 OptionalPositiveInt = PositiveInt | None
+
+
+class Redundancy(BaseModel):
+    """The paper's Appendix E: every slice of one training case added ``copies`` more times to the pool."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    case: Annotated[str, Field(min_length=1)]
+    copies: PositiveInt
 
 
 class Config(BaseModel):
@@ -73,6 +83,8 @@ class Config(BaseModel):
     # pool and test subsets (None: all cases of the fold), for demos and tests
     pool_cases: OptionalPositiveInt = None
     test_cases: OptionalPositiveInt = None
+    # Appendix E's redundancy scenario (None: none): a pool case duplicated, checked against the fold's split
+    redundancy: Redundancy | None = None
     # nnU-Net worker processes for preprocessing and augmentation (0: augmentation in-process, deterministic)
     num_processes: Annotated[int, Field(ge=0)] = 0
     strategy_options: dict[str, Any] = Field(default_factory=dict)

@@ -23,11 +23,14 @@ from tqdm import tqdm
 from nnal import __version__
 from nnal.config import Config
 from nnal.dataset import RawDataset, fingerprint, load_dataset, validate
+from nnal.errors import ConfigError
 from nnal.experiment import PHASES, RESULT_COLUMNS, ExperimentFolder
 from nnal.pool import SlicePool
 from nnal.preflight import check_device, check_disk, check_writable_folder, is_preprocessed
 from nnal.strategies import PoolView, Strategy, get_strategy
 
+# A backend factory may also offer ``splits(dataset, cache)``: the fold split without building the backend, so that
+# settings which depend on it are checked before anything is written (else once the backend gives the split).
 BackendFactory = Callable[[RawDataset, Path, Config], Any]
 
 
@@ -58,6 +61,7 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     config = folder.reconcile(_named(config))
     dataset = load_dataset(config.dataset)
     validate(dataset)
+    _check_redundancy(config, dataset, cache, backend_factory)
     identity = fingerprint(dataset)
     folder.check_dataset(identity)
     check_device(config.device)
@@ -138,17 +142,72 @@ def _environment(backend) -> dict[str, Any]:
             "numpy": np.__version__, **backend.environment(), "argv": sys.argv}
 
 
-def _pool_and_test(backend, config: Config, folder: ExperimentFolder) -> tuple[SlicePool, list[str]]:
-    """Pool: every slice of the fold's training cases; test: the fold's validation cases. Seeded subsets."""
-    split = backend.splits[config.fold]
+def nnunet_splits(dataset: RawDataset, cache: Path) -> list[dict[str, list[str]]]:
+    """The fold split ``nnunet_backend`` will use, without planning or writing anything."""
+    from nnal.backend.splits import fold_splits
+
+    return fold_splits(dataset, cache)
+
+
+nnunet_backend.splits = nnunet_splits  # type: ignore[attr-defined]
+
+
+def _fold_cases(split: dict[str, list[str]], config: Config) -> tuple[list[str], list[str]]:
+    """(pool cases, test cases) of one fold's split: all of them, or the config's seeded subsets."""
     train_cases, test_cases = sorted(split["train"]), sorted(split["val"])
     rng = np.random.default_rng([config.seed, 12345])
     if config.pool_cases is not None and config.pool_cases < len(train_cases):
         train_cases = sorted(rng.choice(train_cases, config.pool_cases, replace=False).tolist())
     if config.test_cases is not None and config.test_cases < len(test_cases):
         test_cases = sorted(rng.choice(test_cases, config.test_cases, replace=False).tolist())
+    return train_cases, test_cases
+
+
+def _check_redundancy(config: Config, dataset: RawDataset, cache: Path, backend_factory: BackendFactory) -> None:
+    """The duplicated case must be a case of the dataset, and of the pool when the factory can tell the split."""
+    if config.redundancy is None:
+        return
+    case = config.redundancy.case
+    if case not in {c.name for c in dataset.cases}:
+        raise ConfigError(f"redundancy.case: the dataset {dataset.name} has no case {case!r}; name one of fold "
+                          f"{config.fold}'s training cases")
+    splits = getattr(backend_factory, "splits", None)
+    if splits is not None:
+        split = splits(dataset, cache)[config.fold]
+        _check_pool_case(config, split, _fold_cases(split, config)[0])
+
+
+def _check_pool_case(config: Config, split: dict[str, list[str]], pool_cases: list[str]) -> None:
+    if config.redundancy is None or config.redundancy.case in pool_cases:
+        return
+    case, fold = config.redundancy.case, config.fold
+    if case in split["val"]:
+        raise ConfigError(f"redundancy.case: {case} is a test case of fold {fold} (its validation split), never in "
+                          "the pool; name one of the fold's training cases")
+    if case not in split["train"]:
+        raise ConfigError(f"redundancy.case: {case} is in none of fold {fold}'s training cases; name one of them")
+    # a pool subset that left the case out is refused, not redrawn: the pool stays the one the same seed gives
+    # without redundancy (plus the copies), so the two scenarios start from the same round 0
+    shown = ", ".join(pool_cases[:10]) + (", .." if len(pool_cases) > 10 else "")
+    raise ConfigError(f"redundancy.case: {case} is not among the {len(pool_cases)} pool cases drawn for seed "
+                      f"{config.seed} (pool_cases: {config.pool_cases}): {shown}; name one of them, or change "
+                      "pool_cases or seed")
+
+
+def _pool_and_test(backend, config: Config, folder: ExperimentFolder) -> tuple[SlicePool, list[str]]:
+    """Pool: every slice of the fold's training cases (a duplicated case ``copies`` more times); test: the fold's
+    validation cases. Seeded subsets."""
+    split = backend.splits[config.fold]
+    train_cases, test_cases = _fold_cases(split, config)
+    _check_pool_case(config, split, train_cases)  # for factories that cannot tell the split beforehand
     folder.check_split(train_cases, test_cases)
-    pool = folder.read_pool() if folder.has_pool() else SlicePool.from_counts(backend.slice_counts(train_cases))
+    if folder.has_pool():
+        pool = folder.read_pool()
+    elif config.redundancy is None:
+        pool = SlicePool.from_counts(backend.slice_counts(train_cases))
+    else:
+        pool = SlicePool.from_counts(backend.slice_counts(train_cases), duplicate=config.redundancy.case,
+                                     copies=config.redundancy.copies)
     folder.write_split(pool, test_cases)
     return pool, test_cases
 
@@ -172,8 +231,12 @@ def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: 
             r: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(phase_seed(config.seed, r, "select"))
     if r == 0:
-        size = len(pool) if strategy.name == "full" else min(config.initial, len(pool))
-        chosen = rng.choice(len(pool), size=size, replace=False)
+        if strategy.name == "full":
+            return rng.choice(len(pool), size=len(pool), replace=False), np.full(len(pool), np.nan)
+        # the initial set among the original slices only, by the same draw as without duplicates: the redundancy
+        # scenario starts from the labeled slices (and model) of the run without it (the paper: "after round 0")
+        originals = pool.original_ids()
+        chosen = originals[rng.choice(len(originals), size=min(config.initial, len(originals)), replace=False)]
         return chosen, np.full(len(chosen), np.nan)
     scores = folder.read_scores(r)
     chosen = strategy(scores, min(config.budget_for(r), len(unlabeled)), rng, config.strategy_options)

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from nnal.analysis import figures as F
 from nnal.analysis import panels as P
 from nnal.analysis.load import FULL, Experiment, batch_uncertainty, load_experiments, load_results, query_sets
+from nnal.analysis.redundancy import redundancy_shares
 from nnal.analysis.stats import aubc_table, fg_efficiency, final_dice, learning_curves, penalty_matrix
 from nnal.errors import ReportError
 from nnal.preflight import existing_ancestor
@@ -212,6 +213,7 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
     results = load_results(experiments)
     al = results[results["strategy"] != FULL]
     bu = batch_uncertainty(experiments)
+    shares = redundancy_shares(experiments)  # empty unless some experiment ran the redundancy scenario
     pm, pm_holm = penalty_matrix(results), penalty_matrix(results, correction="holm")
     fg = fg_efficiency(results)
     page = _Page(output)
@@ -288,6 +290,12 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
                  "drawn at least once; share_c: fraction of draws whose slice holds foreground class c (label "
                  "value c) in the ground truth.</p>")
         page.table("query_sets", qs.round(4))
+    if not shares.empty:
+        page.add("<h3>Redundancy scenario (Appendix E)</h3><p class='note'>Per round: draws of the query set (Q) "
+                 "and slices of the selected batch that come from the duplicated case, its copies included; "
+                 "distinct: different pool slices drawn. The paper: 45% of the query set, 18 of 100 selected by "
+                 "USIMF, 45 by uniform sampling from the query set.</p>")
+        page.table("redundancy", shares.round(4))
     if extras.error is not None and extras.predictors:
         page.figure("correlation", lambda: P.plot_correlations(extras.error, extras.predictors), "Pearson "
                     "correlation with the number of misclassified pixels per slice.", "Correlation")

@@ -17,6 +17,7 @@ from nnal.strategies.checks import CHUNK_ELEMENTS, row_blocks
 from nnal.strategies.checks import count as _count
 from nnal.strategies.checks import finite_array as _finite
 from nnal.strategies.similarity import cosine_similarity, fisher_similarity
+from nnal.strategies.usim_uniform import uniform_from_query
 
 QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
 OPTIMIZERS = ("by-pool-size", "stochastic", "exact")
@@ -277,13 +278,20 @@ def _query(scores: Scores, pool: PoolView, rng: np.random.Generator, query_mode:
     return {"query": query, "usim_uncertainty": weighted, "labeled_class_voxels": pool.labeled_class_voxels}
 
 
+def _no_embeddings(pool: PoolView) -> np.ndarray:
+    """Uniform selection reads only the query set: empty embeddings keep the declared keys, at no cost."""
+    return np.zeros((len(pool.ids), 0), np.float32)
+
+
 def usimc_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
                   query_mode: str = "weighted", query_size: int | str = "elbow", query_sensitivity: float = 10.0,
                   query_floor_budgets: float = 5.0, uncertainty: str = "variance",
-                  embedding_dim: int = 10_000) -> dict[str, np.ndarray]:
+                  embedding_dim: int = 10_000, selection: str = "flqmi") -> dict[str, np.ndarray]:
     """Query set, then bottleneck gradient embeddings of every pool slice (a seeded subset of ``embedding_dim``)."""
     out = _query(scores, pool, rng, query_mode, query_size, query_sensitivity, query_floor_budgets,
                  uncertainty)
+    if selection == "uniform":
+        return {**out, "grad_embeddings": _no_embeddings(pool)}
     n_params = model.parameter_count("bottleneck")
     index = truncate_indices(n_params, embedding_dim, rng) if n_params > embedding_dim else None
     out["grad_embeddings"] = model.gradient_embeddings(pool.cases, group="bottleneck", index=index,
@@ -294,10 +302,13 @@ def usimc_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.rand
 def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
                   query_mode: str = "weighted", query_size: int | str = "elbow", query_sensitivity: float = 10.0,
                   query_floor_budgets: float = 5.0, uncertainty: str = "variance",
-                  embedding_dim: int = 10_000, fisher_group: str = "network") -> dict[str, np.ndarray]:
+                  embedding_dim: int = 10_000, fisher_group: str = "network", selection: str = "flqmi"
+                  ) -> dict[str, np.ndarray]:
     """Query set, diagonal Fisher over it (Eq. 3), ``embedding_dim`` parameters sampled by Fisher, embeddings."""
     out = _query(scores, pool, rng, query_mode, query_size, query_sensitivity, query_floor_budgets,
                  uncertainty)
+    if selection == "uniform":
+        return {**out, "grad_embeddings": _no_embeddings(pool), "fisher": np.zeros(0, np.float32)}
     unique, counts = np.unique(out["query"], return_counts=True)
     fisher = model.fisher(pool.cases_of(unique), counts, group=fisher_group, batch_size=pool.batch_size)
     index = sample_parameters(fisher, min(embedding_dim, len(fisher)), rng)
@@ -308,20 +319,27 @@ def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.rand
 
 
 def usimc_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: float = 1.0,
-                 optimizer: str = "by-pool-size", epsilon: float = 0.01, negatives: str = "clipped") -> np.ndarray:
+                 optimizer: str = "by-pool-size", epsilon: float = 0.01, negatives: str = "clipped",
+                 selection: str = "flqmi") -> np.ndarray:
     """USIMC: cosine similarity of bottleneck gradient embeddings between pool and query set, then FLQMI."""
+    ids = np.asarray(scores["ids"])
+    if selection == "uniform":
+        return ids[uniform_from_query(scores["query"], len(ids), budget, rng)]
     g = np.asarray(scores["grad_embeddings"])
     s = cosine_similarity(g, g[np.asarray(scores["query"])])
-    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]
+    return ids[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]
 
 
 def usimf_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: float = 1.0,
                  optimizer: str = "by-pool-size", epsilon: float = 0.01, negatives: str = "clipped",
-                 damping: float = 1e-6) -> np.ndarray:
+                 damping: float = 1e-6, selection: str = "flqmi") -> np.ndarray:
     """USIMF: Fisher-kernel similarity g_u^T F^-1 g_q on Fisher-sampled parameters, then FLQMI."""
+    ids = np.asarray(scores["ids"])
+    if selection == "uniform":
+        return ids[uniform_from_query(scores["query"], len(ids), budget, rng)]
     g = np.asarray(scores["grad_embeddings"])
     s = fisher_similarity(g, g[np.asarray(scores["query"])], np.asarray(scores["fisher"]), damping=damping)
-    return np.asarray(scores["ids"])[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]
+    return ids[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]
 
 
 _PositiveInt = Annotated[int, Field(ge=1)]
@@ -344,6 +362,8 @@ _COMMON = (
     Option("negatives", Literal["clipped", "shifted"], "clipped",
            "negative similarities count as 0 (what the paper ran) or keep their order (S - min S)"),
     Option("epsilon", Annotated[float, Field(gt=0, lt=1)], 0.01, "stochastic greedy's epsilon"),
+    Option("selection", Literal["flqmi", "uniform"], "flqmi", "the batch from the query set: FLQMI (USIM), or "
+           "uniform sampling from its draws (Appendix E's baseline; no gradient embeddings computed)"),
 )
 _USIM_NEEDS = ()
 _USIM_PROVIDES = ("labeled_class_voxels", "usim_uncertainty", "query", "grad_embeddings")
