@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -35,8 +37,7 @@ class FakeBackend:
             image = np.asarray(nib.load(str(case.images[0])).dataobj, dtype=np.float64)
             self.images[case.name] = image[..., 0] if image.ndim == 4 else image
             self.truth[case.name] = np.asarray(nib.load(str(case.label)).dataobj).astype(np.int64)
-        names = sorted(self.images)
-        self.splits = [{"train": [c for c in names if c not in names[k::5]], "val": names[k::5]} for k in range(5)]
+        self.splits = fake_splits(dataset, cache)
         self.calls: list[str] = []  # which operations ran, for tests
 
     def slice_counts(self, cases: list[str]) -> dict[str, np.ndarray]:
@@ -47,8 +48,16 @@ class FakeBackend:
     def train(self, fold: int, labeled: Mapping[str, np.ndarray], config: object, epochs: int,
               init_weights: Mapping[str, np.ndarray] | None, log_dir: Path, seed: int,
               on_step: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
-        """Class prototypes: the mean labeled intensity per class, averaged with the previous round's."""
+        """Class prototypes: the mean labeled intensity per class, averaged with the previous round's.
+
+        Two knobs for tests of what runs experiments (grids): ``NNAL_FAKE_DELAY`` seconds of sleep per call (time to
+        kill a run midway) and ``NNAL_FAKE_FAIL_SEED``, an experiment seed whose training fails.
+        """
         self.calls.append("train")
+        if os.environ.get("NNAL_FAKE_DELAY"):
+            time.sleep(float(os.environ["NNAL_FAKE_DELAY"]))
+        if os.environ.get("NNAL_FAKE_FAIL_SEED") == str(getattr(config, "seed", None)):
+            raise RuntimeError(f"fake training failure (NNAL_FAKE_FAIL_SEED={os.environ['NNAL_FAKE_FAIL_SEED']})")
         values = np.concatenate([self.images[c][s].ravel() for c, s in sorted(labeled.items())])
         classes = np.concatenate([self.truth[c][s].ravel() for c, s in sorted(labeled.items())])
         overall = values.mean()
@@ -172,3 +181,12 @@ class FakeModel:
 def fake_backend(dataset: RawDataset, cache: Path, config: object) -> FakeBackend:
     """A backend factory for ``nnal.loop.run_experiment(..., backend_factory=fake_backend)``."""
     return FakeBackend(dataset, cache, config)
+
+
+def fake_splits(dataset: RawDataset, cache: Path) -> list[dict[str, list[str]]]:
+    """The fake backend's fold split without building it (the loop checks settings against it before writing)."""
+    names = sorted(case.name for case in dataset.cases)
+    return [{"train": [c for c in names if c not in names[k::5]], "val": names[k::5]} for k in range(5)]
+
+
+fake_backend.splits = fake_splits  # type: ignore[attr-defined]
