@@ -34,15 +34,21 @@ POOL = np.array([[90, 10, 0], [100, 0, 0], [95, 0, 5], [80, 10, 10], [100, 0, 0]
 
 
 def write_experiment(root: Path, strategy: str, fold: int, seed: int, dice: list[float],
-                     selections: list[list[int]] | None = None, class_uncertainty: bool = False) -> Path:
-    """A synthetic experiment folder: round r has mean foreground Dice ``dice[r]`` (two test cases, classes a/b)."""
-    name = f"toy-{strategy}-f{fold}-s{seed}"
+                     selections: list[list[int]] | None = None, class_uncertainty: bool = False, *,
+                     options: dict | None = None, dataset: str = "/data/Toy", tag: str = "",
+                     fingerprint: dict | None = None) -> Path:
+    """A synthetic experiment folder: round r has mean foreground Dice ``dice[r]`` (two test cases, classes a/b).
+    ``options`` go into config.yaml's strategy_options, ``tag`` into the experiment's name, ``fingerprint`` (when
+    given) into dataset_fingerprint.json."""
+    name = f"toy-{strategy}{tag}-f{fold}-s{seed}"
     folder = root / name
     folder.mkdir(parents=True)
     selections = selections or [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]][: len(dice)]
-    config = {"dataset": "/data/Toy", "strategy": strategy, "experiment": name, "fold": fold, "seed": seed,
-              "rounds": len(dice) - 1, "initial": 2, "budget": 2, "preset": "cpu", "strategy_options": {}}
+    config = {"dataset": dataset, "strategy": strategy, "experiment": name, "fold": fold, "seed": seed,
+              "rounds": len(dice) - 1, "initial": 2, "budget": 2, "preset": "cpu", "strategy_options": options or {}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if fingerprint is not None:
+        (folder / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
     (folder / "environment.json").write_text(json.dumps({"nnal": "0.1.0", "torch": "2.x", "device": "cpu"}))
     (folder / "state.json").write_text(json.dumps({"round": len(dice) - 1, "phase": "evaluate", "seconds": {
         str(r): {"train": 10.0, "evaluate": 1.0} for r in range(len(dice))}}))

@@ -56,7 +56,7 @@ def test_report_files_and_tables(report):
                   "environment_shared", "runtime"):
         assert (report.parent / "tables" / f"{table}.csv").is_file(), table
     summary = (report.parent / "tables" / "summary.csv").read_text()
-    assert summary.splitlines()[0].startswith("strategy,repetitions") and "full" in summary
+    assert summary.splitlines()[0].startswith("variant,repetitions") and "full" in summary
 
 
 def test_report_skips_absent_inputs(tmp_path):

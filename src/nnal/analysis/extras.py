@@ -8,6 +8,7 @@ import numpy as np
 
 from nnal.analysis.report import ReportExtras, SegmentationExample
 from nnal.experiment import ExperimentFolder
+from nnal.strategies import variant_label
 
 CORRELATION_SLICES = 300  # the paper: "a randomly selected subset of the unlabeled dataset"
 
@@ -88,8 +89,12 @@ def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
 
 def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
     """Figs. 10-12: one test slice (the one with most foreground of the first test case), image, ground truth and
-    the prediction after the first and the last round of each experiment."""
+    the prediction after the first and the last round of each experiment on the first one's dataset, titled by
+    variant (usimf[eta=0.5], round 1)."""
     usable = [ExperimentFolder(f) for f in folders if ExperimentFolder(f).checkpoint_rounds()]
+    if usable:  # one slice of one dataset: predictions of experiments on another dataset have no place here
+        first = Path(usable[0].read_config().dataset).name
+        usable = [f for f in usable if Path(f.read_config().dataset).name == first]
     backend = _backend(usable[0]) if usable else None
     if backend is None:
         return False
@@ -101,11 +106,14 @@ def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
     predictions = {}
     image = gt = None
     for folder in usable:
-        strategy = str(folder.read_results()["strategy"].iloc[0])
+        config = folder.read_config()
+        variant = variant_label(config.strategy, config.strategy_options)
         rounds = folder.checkpoint_rounds()
         for r in sorted({rounds[0], rounds[-1]}):
             image, gt, pred = _model(backend, folder, r).predict_slices(case, np.array([z]))
-            label = "full" if strategy == "full" else f"{strategy}, round {r}"
+            label = "full" if config.strategy == "full" else f"{variant}, round {r}"
+            if label in predictions:  # another repetition of the variant: both shown, named by their folders
+                label = f"{label} ({folder.root.name})"
             predictions[label] = pred[0]
     extras.segmentations = [SegmentationExample(image[0], gt[0], predictions, f"{case}, slice {z}")]
     return True

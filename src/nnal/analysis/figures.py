@@ -1,7 +1,9 @@
 """Figures over results tables: learning curves, penalty matrix, FG-Eff fits, batch uncertainty.
 
 Every function returns a matplotlib ``Figure`` built without pyplot (no global backend state; renders with Agg).
-Colours are fixed per strategy name across all figures (:func:`strategy_colors`).
+A line, bar or point group is a variant (``variant``: a strategy plus its non-default options). Colours are fixed
+per strategy name across all figures for a strategy at its defaults; other variants take further colours
+(:func:`strategy_colors`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from nnal.analysis.load import FULL
+from nnal.analysis.load import FULL, VARIANT, with_variants
 from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, fg_curve, learning_curves
 
 # the paper's strategy order; unknown names follow alphabetically
@@ -22,24 +25,42 @@ _PALETTE = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#
             "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 
 
+def _base(name: str) -> str:
+    """The strategy of a variant label (``usimf[eta=0.5]`` -> ``usimf``, see nnal.strategies.format_variant)."""
+    return name.partition("[")[0]
+
+
 def order_strategies(strategies: Iterable[str]) -> list[str]:
-    """Strategies in the paper's order, unknown ones after them alphabetically, ``full`` last."""
-    names = set(strategies)
-    known = [s for s in KNOWN_ORDER if s in names]
-    return known + sorted(names - set(KNOWN_ORDER) - {FULL}) + ([FULL] if FULL in names else [])
+    """Strategies or variants in the paper's order of their strategy, unknown strategies after them alphabetically,
+    ``full`` last; the variants of one strategy together, its default (the bare name) first."""
+    def key(name: str) -> tuple[int, str, int, str]:
+        base = _base(name)
+        rank = KNOWN_ORDER.index(base) if base in KNOWN_ORDER else len(KNOWN_ORDER) + (base == FULL)
+        return rank, base, name != base, name
+
+    return sorted(set(strategies), key=key)
 
 
 def strategy_colors(strategies: Iterable[str]) -> dict[str, str]:
-    """A fixed colour per strategy: known names keep theirs in every report, ``full`` is black."""
-    colors, extra = {}, iter(_PALETTE[len(KNOWN_ORDER):])
+    """A fixed colour per strategy: known names at their defaults keep theirs in every report, ``full`` is black;
+    other strategies and variants take the remaining colours in order (tab20 after the palette)."""
+    fixed = set(_PALETTE[: len(KNOWN_ORDER)]) | {"#000000"}
+    spare = _PALETTE[len(KNOWN_ORDER):] + [c for c in (_hex(rgb) for rgb in colormaps["tab20"].colors)
+                                           if c not in fixed]
+    colors, k = {}, 0
     for s in order_strategies(strategies):
         if s == FULL:
             colors[s] = "#000000"
         elif s in KNOWN_ORDER:
             colors[s] = _PALETTE[KNOWN_ORDER.index(s)]
         else:
-            colors[s] = next(extra, "#444444")
+            colors[s] = spare[k % len(spare)]  # past 26 variants colours repeat; the legend still names each line
+            k += 1
     return colors
+
+
+def _hex(rgb: tuple[float, ...]) -> str:
+    return "#" + "".join(f"{round(255 * v):02x}" for v in rgb[:3])
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.2)) -> tuple[Figure, np.ndarray]:
@@ -49,10 +70,10 @@ def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.
 
 
 def _draw_curves(ax, curves: pd.DataFrame, x: str, colors: dict[str, str], full: pd.DataFrame | None) -> None:
-    for s in order_strategies(curves["strategy"]):
+    for s in order_strategies(curves[VARIANT]):
         if s == FULL:
             continue
-        g = curves[curves["strategy"] == s].sort_values("round")
+        g = curves[curves[VARIANT] == s].sort_values("round")
         n = int(g["n"].max())
         ax.plot(g[x], g["dice_mean"], marker="o", ms=4, color=colors[s], label=f"{s} (n={n})")
         if n > 1:
@@ -72,9 +93,9 @@ def plot_learning_curves(results: pd.DataFrame, label: str = "mean") -> Figure:
     Lines: mean over repetitions (folds, seeds); band: +-1 standard deviation; dashed: full-label reference.
     """
     curves = learning_curves(results, label)
-    colors = strategy_colors(results["strategy"].unique())
+    colors = strategy_colors(with_variants(results)[VARIANT].unique())
     full = curves[curves["strategy"] == FULL]
-    full = full.loc[full.groupby("strategy")["round"].idxmax()] if len(full) else None
+    full = full.loc[full.groupby(VARIANT)["round"].idxmax()] if len(full) else None
     fig, axes = _figure(2)
     what = "mean foreground Dice" if label == "mean" else f"Dice ({label})"
     for ax, x, xlabel in ((axes[0, 0], "n_labeled", "labeled slices"), (axes[0, 1], "pct_pool", "% of the pool")):
@@ -91,7 +112,7 @@ def plot_class_curves(results: pd.DataFrame) -> Figure | None:
     labels = [lab for lab in pd.unique(results["label"]) if lab != "mean"]
     if not labels:
         return None
-    colors = strategy_colors(results["strategy"].unique())
+    colors = strategy_colors(with_variants(results)[VARIANT].unique())
     ncols = min(len(labels), 3)
     nrows = int(np.ceil(len(labels) / ncols))
     fig, axes = _figure(ncols, nrows, (5.0, 3.8))
@@ -99,7 +120,7 @@ def plot_class_curves(results: pd.DataFrame) -> Figure | None:
         ax = axes.flat[k]
         curves = learning_curves(results, lab)
         full = curves[curves["strategy"] == FULL]
-        _draw_curves(ax, curves, "n_labeled", colors, full.loc[full.groupby("strategy")["round"].idxmax()]
+        _draw_curves(ax, curves, "n_labeled", colors, full.loc[full.groupby(VARIANT)["round"].idxmax()]
                      if len(full) else None)
         ax.set_title(str(lab))
         ax.set_xlabel("labeled slices")
@@ -123,14 +144,14 @@ def plot_penalty_matrix(pm: PenaltyMatrix, title: str = "Pairwise penalty matrix
         shown.loc[s, s] = np.nan
     sns.heatmap(shown, ax=ax, annot=True, fmt=".2f", cmap="viridis", vmin=0.0, vmax=1.0, cbar=False,
                 linewidths=0.5, linecolor="white", square=False)
-    ax.set_ylabel("strategy i (better)")
+    ax.set_ylabel("variant i (better)")
     ax.set_xlabel("")
     ax.tick_params(axis="y", rotation=0)
     phi = pm.phi.loc[order].to_frame().T
     phi.index = ["Φ"]
     sns.heatmap(phi, ax=ax_phi, annot=True, fmt=".2f", cmap="viridis", vmin=0.0, vmax=1.0, cbar=False,
                 linewidths=0.5, linecolor="white")
-    ax_phi.set_xlabel("strategy j (worse)")
+    ax_phi.set_xlabel("variant j (worse)")
     ax_phi.set_ylabel("")
     ax_phi.tick_params(axis="y", rotation=0)
     for a in (ax, ax_phi):
@@ -143,14 +164,14 @@ def plot_penalty_matrix(pm: PenaltyMatrix, title: str = "Pairwise penalty matrix
 
 def plot_fg_efficiency(fg: FgEfficiency) -> Figure:
     """Left: annotated foreground fraction against labeled slices. Right: Dice against it, with the fitted
-    curves Dice = c - a exp(-gamma (x - x0)) and gamma per strategy in the legend."""
+    curves Dice = c - a exp(-gamma (x - x0)) and gamma per variant in the legend."""
     pts = fg.points
-    colors = strategy_colors(pts["strategy"].unique())
+    colors = strategy_colors(pts[VARIANT].unique())
     fig, axes = _figure(2)
     left, right = axes[0, 0], axes[0, 1]
-    gammas = dict(zip(fg.table["strategy"], fg.table["gamma"], strict=True)) if len(fg.table) else {}
-    for s in order_strategies(pts["strategy"]):
-        g = pts[pts["strategy"] == s]
+    gammas = dict(zip(fg.table[VARIANT], fg.table["gamma"], strict=True)) if len(fg.table) else {}
+    for s in order_strategies(pts[VARIANT]):
+        g = pts[pts[VARIANT] == s]
         mean = g.groupby("round", as_index=False)[["n_labeled", "fg_fraction"]].mean()
         left.plot(mean["n_labeled"], 100 * mean["fg_fraction"], marker="o", ms=4, color=colors[s], label=s)
         right.scatter(100 * g["fg_fraction"], g["dice"], s=18, color=colors[s], alpha=0.8)
@@ -172,18 +193,19 @@ def plot_fg_efficiency(fg: FgEfficiency) -> Figure:
 
 
 def plot_batch_uncertainty(table: pd.DataFrame) -> Figure:
-    """Grouped bars: total uncertainty of the selected batch per round and strategy (mean, +-1 std over
+    """Grouped bars: total uncertainty of the selected batch per round and variant (mean, +-1 std over
     repetitions); hatched bars use the strategy's own score instead of class_uncertainty."""
-    colors = strategy_colors(table["strategy"].unique())
-    strategies = [s for s in order_strategies(table["strategy"]) if s != FULL]
+    table = with_variants(table)
+    colors = strategy_colors(table[VARIANT].unique())
+    strategies = [s for s in order_strategies(table[VARIANT]) if s != FULL]
     rounds = sorted(table["round"].unique())
-    agg = table.groupby(["strategy", "round"], as_index=False).agg(
+    agg = table.groupby([VARIANT, "round"], as_index=False).agg(
         mean=("uncertainty", "mean"), std=("uncertainty", "std"), measure=("measure", "first"))
     fig, axes = _figure(1, 1, (max(6.0, 0.45 * len(rounds) * len(strategies) + 3.0), 4.2))
     ax = axes[0, 0]
     width = 0.8 / max(len(strategies), 1)
     for k, s in enumerate(strategies):
-        g = agg[agg["strategy"] == s].set_index("round").reindex(rounds)
+        g = agg[agg[VARIANT] == s].set_index("round").reindex(rounds)
         xs = np.arange(len(rounds)) + (k - (len(strategies) - 1) / 2) * width
         own = (g["measure"] == "score").any()
         yerr = g["std"].to_numpy() if g["std"].notna().any() else None

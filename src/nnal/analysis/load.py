@@ -3,10 +3,15 @@
 An experiment folder (laid out by ``nnal.experiment``) holds ``config.yaml``, ``pool.csv``, ``results.csv`` and
 ``round_NNN/`` folders with ``selection.csv`` and ``scores.npz``. Every problem with a folder is a
 :class:`ReportError` whose one-line message names the folder or file.
+
+The report's unit is a *variant* (a strategy with the options that change its result, see
+:func:`nnal.strategies.variant_label`) on one *dataset* (:func:`dataset_names`): every loaded table carries both
+as the columns ``variant`` and ``dataset_name``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -18,13 +23,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from nnal.errors import ReportError
+from nnal.analysis.readers import KEYS, numeric_columns, one_line, read_csv, read_json, read_results
+from nnal.errors import ConfigError, ReportError
 from nnal.experiment import RESULT_COLUMNS, SELECTION_COLUMNS, ExperimentFolder
+from nnal.strategies import REGISTRY, format_variant, variant_label
 
-NUMERIC_RESULT_COLUMNS = ["fold", "seed", "round", "n_labeled", "dice"]
-INTEGER_RESULT_COLUMNS = ["fold", "seed", "round", "n_labeled"]
-KEYS = ["experiment", "strategy", "fold", "seed"]
 FULL = "full"  # the strategy name of a full-label reference experiment (trains on every pool slice)
+VARIANT = "variant"  # the column of the variant label: what the report groups by wherever a strategy is a group
+DATASET = "dataset_name"  # the column of the dataset label: the report never pools two of them
 
 
 @dataclass
@@ -38,6 +44,20 @@ class Experiment:
     pool: pd.DataFrame
     results: pd.DataFrame
     selections: dict[int, pd.DataFrame] = field(default_factory=dict)
+    variant: str = ""  # strategy plus its non-default result-changing options (config.yaml)
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # dataset_fingerprint.json, empty when absent
+
+    @property
+    def dataset_folder(self) -> str:
+        """The name of the dataset's folder (config ``dataset``): the first part of its identity."""
+        return Path(str(self.config.get("dataset", ""))).name or "unknown dataset"
+
+    @property
+    def dataset_digest(self) -> str:
+        """A digest of the dataset's fingerprint (its files and cases), "" when the folder holds none."""
+        if not self.fingerprint:
+            return ""
+        return hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def name(self) -> str:
@@ -58,10 +78,6 @@ class Experiment:
     @property
     def vox_columns(self) -> list[str]:
         return [c for c in self.pool.columns if c.startswith("vox_")]
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200] or type(err).__name__
 
 
 def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
@@ -87,119 +103,6 @@ def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
     return found
 
 
-def _read_csv(path: Path, columns: Sequence[str], what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise ReportError(f"{path}: missing ({what})")
-    if path.stat().st_size == 0:
-        raise ReportError(f"{path}: empty file")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise ReportError(f"{path}: empty file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise ReportError(f"{path}: malformed CSV ({_one_line(err)})") from None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ReportError(f"{path}: malformed, missing column(s) {', '.join(missing)}")
-    return frame
-
-
-def _numeric(frame: pd.DataFrame, columns: Sequence[str], path: Path, allow_nan: Sequence[str] = ()) -> pd.DataFrame:
-    frame = frame.copy()
-    for col in columns:
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = values.isna() & (frame[col].notna() if col in allow_nan else True)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # 1-based, after the header line
-            raw = frame[col].iloc[row - 2]
-            what = f"missing {col}" if pd.isna(raw) else f"non-numeric {col} {raw!r}"
-            raise ReportError(f"{path}: malformed, {what} on line {row}")
-        frame[col] = values
-    return frame
-
-
-def read_results(path: Path) -> pd.DataFrame:
-    """Read and validate one ``results.csv``: one experiment, rounds 0, 1, .. with non-decreasing non-negative
-    ``n_labeled``, Dice in [0, 1] or NaN (a class absent in prediction and truth), at least one finite Dice per
-    round and no duplicated (round, case, label)."""
-    if not path.is_file():
-        raise ReportError(f"{path}: missing, the experiment has no results (yet)")
-    frame = _read_csv(path, RESULT_COLUMNS, "results.csv")
-    if frame.empty:
-        raise ReportError(f"{path}: no result rows (header only)")
-    frame = _numeric(frame, NUMERIC_RESULT_COLUMNS, path, allow_nan=["dice"])
-    for col in INTEGER_RESULT_COLUMNS:
-        values = frame[col].to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if bad.any():
-            at = int(np.flatnonzero(bad)[0])
-            raise ReportError(f"{path}: malformed, {col} {_number(values[at])} is not an integer on line {at + 2}")
-        frame[col] = values.astype(np.int64)
-    for col in ("experiment", "strategy", "label"):
-        frame[col] = frame[col].astype(str)
-    for col in KEYS:
-        values = pd.unique(frame[col])
-        if len(values) > 1:
-            shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values[:3])
-            raise ReportError(f"{path}: malformed, column {col} takes {len(values)} values ({shown}"
-                              f"{', ..' if len(values) > 3 else ''}); a results.csv holds one experiment")
-    _check_possible(frame, path)
-    return frame[RESULT_COLUMNS]
-
-
-def _number(value: Any) -> str:
-    """A number as written in a message: 1.7, -0.25, inf, 3 (never ``np.float64(1.7)``)."""
-    value = float(value)
-    return str(int(value)) if np.isfinite(value) and value == int(value) and abs(value) < 1e15 else repr(value)
-
-
-def _where(row: pd.Series) -> str:
-    return f"round {row['round']}, case {row['case']}, label {row['label']}"
-
-
-def _check_possible(frame: pd.DataFrame, path: Path) -> None:
-    """Refuse numbers no experiment can produce, naming the first offending row."""
-    outside = frame["dice"].notna() & ~frame["dice"].between(0.0, 1.0)
-    if outside.any():
-        row = frame[outside].iloc[0]
-        raise ReportError(f"{path}: dice {_number(row['dice'])} outside [0, 1] ({_where(row)})")
-    for col in ("round", "n_labeled"):
-        negative = frame[col] < 0
-        if negative.any():
-            row = frame[negative].iloc[0]
-            raise ReportError(f"{path}: negative {col} {row[col]} ({_where(row)})")
-    per_round = frame.groupby("round")["n_labeled"]
-    if (per_round.nunique() > 1).any():
-        r = int(per_round.nunique().idxmax())
-        shown = ", ".join(str(v) for v in sorted(frame.loc[frame["round"] == r, "n_labeled"].unique())[:3])
-        raise ReportError(f"{path}: round {r} has more than one n_labeled ({shown})")
-    labeled = per_round.first().sort_index()
-    if labeled.index[0] != 0:
-        raise ReportError(f"{path}: rounds start at {int(labeled.index[0])}, not 0")
-    drops = np.flatnonzero(np.diff(labeled.to_numpy()) < 0)
-    if len(drops):
-        r = int(labeled.index[drops[0] + 1])
-        raise ReportError(f"{path}: n_labeled decreases from {int(labeled.iloc[drops[0]])} in round "
-                          f"{int(labeled.index[drops[0]])} to {int(labeled.iloc[drops[0] + 1])} in round {r}")
-    finite = frame.groupby("round")["dice"].apply(lambda d: np.isfinite(d.to_numpy()).any())
-    if not finite.all():
-        raise ReportError(f"{path}: round {int(finite[~finite].index[0])} has no finite dice (all NaN)")
-    duplicated = frame.duplicated(["round", "case", "label"])
-    if duplicated.any():
-        at = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise ReportError(f"{path}: duplicated row for {_where(frame.iloc[at])} on line {at + 2}")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ReportError(f"{path}: malformed JSON ({_one_line(err)})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def load_experiment(path: Path | str) -> Experiment:
     """Read one experiment folder (config, environment, state, pool, results, selections)."""
     path = Path(path)
@@ -210,18 +113,18 @@ def load_experiment(path: Path | str) -> Experiment:
     try:
         config = yaml.safe_load(cfg_file.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ReportError(f"{cfg_file}: malformed YAML ({_one_line(err)})") from None
+        raise ReportError(f"{cfg_file}: malformed YAML ({one_line(err)})") from None
     if not isinstance(config, dict):
         raise ReportError(f"{cfg_file}: malformed, not a mapping")
     results = read_results(folder.results_file)
-    pool = _read_csv(folder.pool_file, ["id", "case", "slice", "vox_0"], "pool.csv")
-    pool = _numeric(pool, ["id", "slice"] + [c for c in pool.columns if c.startswith("vox_")], folder.pool_file)
+    pool = read_csv(folder.pool_file, ["id", "case", "slice", "vox_0"], "pool.csv")
+    pool = numeric_columns(pool, ["id", "slice"] + [c for c in pool.columns if c.startswith("vox_")], folder.pool_file)
     selections = {}
     for r in folder.rounds():
         sel_file = folder.selection_file(r)
         if sel_file.is_file():
-            sel = _read_csv(sel_file, SELECTION_COLUMNS, "selection.csv")
-            sel = _numeric(sel, ["id", "slice", "score"], sel_file, allow_nan=["score"])
+            sel = read_csv(sel_file, SELECTION_COLUMNS, "selection.csv")
+            sel = numeric_columns(sel, ["id", "slice", "score"], sel_file, allow_nan=["score"])
             if not sel["id"].isin(pool["id"]).all():
                 raise ReportError(f"{sel_file}: malformed, slice ids not in pool.csv")
             selections[r] = sel.astype({"id": np.int64, "slice": np.int64})
@@ -231,9 +134,46 @@ def load_experiment(path: Path | str) -> Experiment:
                 with np.load(npz) as scores:
                     _ = scores.files
             except (OSError, ValueError, zipfile.BadZipFile) as err:
-                raise ReportError(f"{npz}: malformed ({_one_line(err)})") from None
-    return Experiment(path, config, _read_json(folder.environment_file), _read_json(folder.state_file),
-                      pool.astype({"id": np.int64}), results, selections)
+                raise ReportError(f"{npz}: malformed ({one_line(err)})") from None
+    return Experiment(path, config, read_json(folder.environment_file), read_json(folder.state_file),
+                      pool.astype({"id": np.int64}), results, selections, _variant(cfg_file, config, results),
+                      read_json(folder.fingerprint_file))
+
+
+def _variant(cfg_file: Path, config: dict[str, Any], results: pd.DataFrame) -> str:
+    """The experiment's variant label from its config's ``strategy`` and ``strategy_options``."""
+    strategy = str(config.get("strategy", results["strategy"].iloc[0]))
+    options = config.get("strategy_options") or {}
+    if not isinstance(options, dict):
+        raise ReportError(f"{cfg_file}: malformed, strategy_options is not a mapping")
+    if strategy not in REGISTRY:
+        # a strategy this nnal does not know (renamed, a plug-in): its defaults are unknown, so every given
+        # option is part of the label; two such experiments are pooled only when their options are the same
+        return format_variant(strategy, options)
+    try:
+        return variant_label(strategy, options)
+    except ConfigError as err:
+        raise ReportError(f"{cfg_file}: {one_line(err)}") from None
+
+
+def dataset_names(experiments: Sequence[Experiment]) -> dict[str, str]:
+    """Experiment name -> the label of its dataset, the same for experiments on the same dataset.
+
+    Two experiments share a dataset when their datasets' folder names agree and so do their fingerprints
+    (``dataset_fingerprint.json``) where both have one. The label is the folder name; when one folder name covers
+    datasets with different fingerprints, each gets the start of its fingerprint's digest (experiments without a
+    fingerprint then form their own group, as which dataset they ran on is unknown).
+    """
+    digests: dict[str, set[str]] = {}
+    for exp in experiments:
+        digests.setdefault(exp.dataset_folder, set()).add(exp.dataset_digest)
+    names = {}
+    for exp in experiments:
+        if len(digests[exp.dataset_folder] - {""}) <= 1:
+            names[exp.name] = exp.dataset_folder
+        else:
+            names[exp.name] = f"{exp.dataset_folder} ({exp.dataset_digest[:8] or 'no fingerprint'})"
+    return names
 
 
 def load_experiments(dirs: Iterable[Path | str]) -> list[Experiment]:
@@ -275,8 +215,14 @@ def labeled_progress(exp: Experiment) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _config_columns(exp: Experiment) -> dict[str, Any]:
-    out = {"folder": str(exp.path)}
+def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``variant`` column: a table without one (built by hand, or by an older nnal) reads as every
+    strategy at its default options, i.e. variant = strategy."""
+    return frame if VARIANT in frame.columns else frame.assign(**{VARIANT: frame["strategy"]})
+
+
+def _config_columns(exp: Experiment, dataset: str) -> dict[str, Any]:
+    out = {"folder": str(exp.path), VARIANT: exp.variant, DATASET: dataset}
     for key, value in exp.config.items():
         if key in RESULT_COLUMNS:
             continue
@@ -293,30 +239,35 @@ def _as_experiments(source: Iterable[Path | str] | Sequence[Experiment]) -> list
 
 def load_results(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
     """All ``results.csv`` rows of the experiments in ``dirs`` as one table, with each round's labeled
-    fractions (:func:`labeled_progress`) and the experiment's config fields (dicts as JSON) as extra columns."""
+    fractions (:func:`labeled_progress`), its ``variant`` and ``dataset_name`` and the experiment's config fields
+    (dicts as JSON) as extra columns."""
     parts = []
-    for exp in _as_experiments(dirs):
+    experiments = _as_experiments(dirs)
+    datasets = dataset_names(experiments)
+    for exp in experiments:
         frame = exp.results.merge(labeled_progress(exp), on="round", how="left")
-        parts.append(frame.assign(**_config_columns(exp)))
+        parts.append(frame.assign(**_config_columns(exp, datasets[exp.name])))
     return pd.concat(parts, ignore_index=True)
 
 
 def load_selections(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
     """Every selected slice: experiment, strategy, fold, seed, round, id, case, slice, score, the slice's voxels
-    per class (vox_0 ..) from pool.csv and fg_voxels (their foreground sum)."""
+    per class (vox_0 ..) from pool.csv, fg_voxels (their foreground sum), variant and dataset_name."""
     parts = []
-    for exp in _as_experiments(dirs):
+    experiments = _as_experiments(dirs)
+    datasets = dataset_names(experiments)
+    for exp in experiments:
         vox = exp.vox_columns
         for r, sel in sorted(exp.selections.items()):
             frame = sel[SELECTION_COLUMNS].merge(exp.pool[["id", *vox]], on="id", how="left")
             frame["fg_voxels"] = frame[vox[1:]].sum(axis=1) if len(vox) > 1 else 0
             parts.append(frame.assign(experiment=exp.name, strategy=exp.strategy, fold=exp.fold, seed=exp.seed,
-                                      round=r))
+                                      round=r, **{VARIANT: exp.variant, DATASET: datasets[exp.name]}))
     if not parts:
-        return pd.DataFrame(columns=[*KEYS, "round", *SELECTION_COLUMNS, "fg_voxels"])
+        return pd.DataFrame(columns=[*KEYS, "round", *SELECTION_COLUMNS, "fg_voxels", VARIANT, DATASET])
     frame = pd.concat(parts, ignore_index=True)
-    first = [*KEYS, "round", *SELECTION_COLUMNS]
-    return frame[first + [c for c in frame.columns if c not in first]]
+    first, last = [*KEYS, "round", *SELECTION_COLUMNS], [VARIANT, DATASET]
+    return frame[first + [c for c in frame.columns if c not in first + last] + last]
 
 
 def batch_uncertainty(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
@@ -324,11 +275,13 @@ def batch_uncertainty(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.D
 
     Per slice: ``class_uncertainty`` summed over foreground classes when the strategy computed it (the paper's
     Uncert(X_B), Appendix D); else the strategy's own score recorded in ``selection.csv``. Columns: experiment,
-    strategy, fold, seed, round, measure (which of the two), n (slices), uncertainty (sum over the batch).
-    Batches with neither (e.g. random sampling) are left out.
+    strategy, fold, seed, round, measure (which of the two), n (slices), uncertainty (sum over the batch), variant,
+    dataset_name. Batches with neither (e.g. random sampling) are left out.
     """
     rows = []
-    for exp in _as_experiments(dirs):
+    experiments = _as_experiments(dirs)
+    datasets = dataset_names(experiments)
+    for exp in experiments:
         for r, sel in sorted(exp.selections.items()):
             if r == 0:
                 continue
@@ -346,24 +299,27 @@ def batch_uncertainty(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.D
                             if np.all(pos < len(cu)) and np.array_equal(scores["ids"][pos], ids):
                                 value, measure = float(cu[pos].sum()), key
                 except (OSError, ValueError) as err:
-                    raise ReportError(f"{npz}: malformed ({_one_line(err)})") from None
+                    raise ReportError(f"{npz}: malformed ({one_line(err)})") from None
             if measure is None and sel["score"].notna().all() and len(sel):
                 value, measure = float(sel["score"].sum()), "score"
             if measure is not None:
                 rows.append({"experiment": exp.name, "strategy": exp.strategy, "fold": exp.fold, "seed": exp.seed,
-                             "round": r, "measure": measure, "n": len(ids), "uncertainty": value})
-    return pd.DataFrame(rows, columns=[*KEYS, "round", "measure", "n", "uncertainty"])
+                             "round": r, "measure": measure, "n": len(ids), "uncertainty": value,
+                             VARIANT: exp.variant, DATASET: datasets[exp.name]})
+    return pd.DataFrame(rows, columns=[*KEYS, "round", "measure", "n", "uncertainty", VARIANT, DATASET])
 
 
 def query_sets(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFrame:
     """USIM's query set per round, from the round's ``scores.npz``: Q (draws), the distinct slices drawn, and per
     foreground class the share of draws whose slice holds that class (ground truth of the pool, simulation only).
 
-    Columns: experiment, strategy, fold, seed, round, Q, distinct, share_<class> ... Rounds without a query set
-    are left out.
+    Columns: experiment, strategy, fold, seed, round, Q, distinct, share_<class> ..., variant, dataset_name. Rounds
+    without a query set are left out.
     """
     rows = []
-    for exp in _as_experiments(dirs):
+    experiments = _as_experiments(dirs)
+    datasets = dataset_names(experiments)
+    for exp in experiments:
         folder = ExperimentFolder(exp.path)
         vox = exp.pool.set_index("id")[exp.vox_columns[1:]]
         for r in folder.rounds():
@@ -376,11 +332,11 @@ def query_sets(dirs: Iterable[Path | str] | Sequence[Experiment]) -> pd.DataFram
                         continue
                     drawn = np.asarray(scores["ids"])[np.asarray(scores["query"])]
             except (OSError, ValueError) as err:
-                raise ReportError(f"{npz}: malformed ({_one_line(err)})") from None
+                raise ReportError(f"{npz}: malformed ({one_line(err)})") from None
             row = {"experiment": exp.name, "strategy": exp.strategy, "fold": exp.fold, "seed": exp.seed,
                    "round": r, "Q": len(drawn), "distinct": len(np.unique(drawn))}
             present = vox.loc[drawn].to_numpy() > 0
             for k, col in enumerate(vox.columns):
                 row[f"share_{col[4:]}"] = float(present[:, k].mean()) if len(drawn) else np.nan
-            rows.append(row)
+            rows.append({**row, VARIANT: exp.variant, DATASET: datasets[exp.name]})
     return pd.DataFrame(rows)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,19 @@ from matplotlib.figure import Figure
 
 from nnal.analysis import figures as F
 from nnal.analysis import panels as P
-from nnal.analysis.load import FULL, Experiment, batch_uncertainty, load_experiments, load_results, query_sets
+from nnal.analysis.load import (
+    DATASET,
+    FULL,
+    VARIANT,
+    Experiment,
+    batch_uncertainty,
+    load_experiments,
+    load_results,
+    query_sets,
+)
 from nnal.analysis.redundancy import redundancy_shares
-from nnal.analysis.stats import aubc_table, fg_efficiency, final_dice, learning_curves, penalty_matrix
+from nnal.analysis.report_tables import final_table, round_table, runtime_table, settings_tables, summary_table
+from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, fg_efficiency, penalty_matrix
 from nnal.errors import ReportError
 from nnal.preflight import existing_ancestor
 
@@ -98,75 +108,56 @@ class _Page:
         self.add(f'<div class="scroll">{body}</div>')
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    if not np.isfinite(mean):
-        return "–"
-    return f"{mean:.4f}" if n < 2 or not np.isfinite(std) else f"{mean:.4f} ± {std:.4f}"
+@dataclass
+class _Dataset:
+    """One dataset's experiments and everything computed from them, before the first write."""
+
+    name: str
+    suffix: str  # added to section ids and figure and table names; "" when the report holds one dataset
+    experiments: list[Experiment]
+    results: pd.DataFrame
+    pm: PenaltyMatrix
+    pm_holm: PenaltyMatrix
+    fg: FgEfficiency
+    batches: pd.DataFrame
+    queries: pd.DataFrame
+    shares: pd.DataFrame
+
+    @property
+    def al(self) -> pd.DataFrame:
+        return self.results[self.results["strategy"] != FULL]
+
+    def title(self, what: str) -> str:
+        return f"{self.name}: {what}" if self.suffix else what
 
 
-def _summary_table(results: pd.DataFrame, pm, pm_holm, fg) -> pd.DataFrame:
-    strategies = F.order_strategies(results["strategy"].unique())
-    au = aubc_table(results).set_index("strategy")
-    fin = final_dice(results).set_index("strategy")
-    gam = fg.table.set_index("strategy") if len(fg.table) else pd.DataFrame(columns=["gamma", "gamma_se"])
-    rows = []
-    for s in strategies:
-        row = {"strategy": s, "repetitions": int(fin.loc[s, "n"]) if s in fin.index else 0,
-               "labeled slices (final)": int(round(fin.loc[s, "n_labeled"])) if s in fin.index else None,
-               "final Dice": _pm(fin.loc[s, "mean"], fin.loc[s, "std"], fin.loc[s, "n"]) if s in fin.index else "–",
-               "AUBC": _pm(au.loc[s, "mean"], au.loc[s, "std"], au.loc[s, "n"]) if s in au.index else "–",
-               "Φ": pm.phi.get(s, np.nan) if pm.n_tests else np.nan,
-               "Φ (Holm)": pm_holm.phi.get(s, np.nan) if pm_holm.n_tests else np.nan,
-               "FG-Eff γ": gam["gamma"].get(s, np.nan)}
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _datasets(experiments: Sequence[Experiment], results: pd.DataFrame) -> list[_Dataset]:
+    """The experiments split by dataset (``dataset_name``), each with its statistics; suffixes only for several."""
+    names = sorted(results[DATASET].unique())
+    out, used = [], set()
+    for name in names:
+        suffix = ""
+        if len(names) > 1:
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "dataset"
+            suffix = f"_{slug}"
+            while suffix in used:  # two names alike once reduced to letters and digits
+                suffix += "_"
+            used.add(suffix)
+        res = results[results[DATASET] == name].reset_index(drop=True)
+        exps = [e for e in experiments if e.name in set(res["experiment"])]
+        out.append(_Dataset(name, suffix, exps, res, penalty_matrix(res), penalty_matrix(res, correction="holm"),
+                            fg_efficiency(res), batch_uncertainty(exps), query_sets(exps), redundancy_shares(exps)))
+    return out
 
 
-def _round_table(results: pd.DataFrame) -> pd.DataFrame:
-    curves = learning_curves(results)
-    curves["cell"] = [_pm(m, s, n) for m, s, n in zip(curves["dice_mean"], curves["dice_std"], curves["n"],
-                                                      strict=True)]
-    wide = curves.pivot_table(index="round", columns="strategy", values="cell", aggfunc="first")
-    labeled = curves.groupby("round")["n_labeled"].mean().round().astype(int)
-    wide = wide[[s for s in F.order_strategies(wide.columns)]]
-    wide.insert(0, "labeled slices", labeled)
-    wide.columns.name = None
-    return wide.reset_index()
-
-
-def _final_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows: strategies; columns: mean foreground Dice and each class's Dice at the last round (mean ± SD)."""
-    labels = ["mean"] + [lab for lab in pd.unique(results["label"]) if lab != "mean"]
-    table = pd.DataFrame({"strategy": F.order_strategies(results["strategy"].unique())}).set_index("strategy")
-    for lab in labels:
-        fin = final_dice(results, lab).set_index("strategy")
-        table[lab] = [_pm(*fin.loc[s, ["mean", "std", "n"]]) if s in fin.index else "–" for s in table.index]
-    return table.rename(columns={"mean": "mean foreground"}).reset_index()
-
-
-def _settings(experiments: Sequence[Experiment], attr: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(shared key/value table, per-experiment table of the keys that differ)."""
-    rows = []
-    for exp in experiments:
-        values = {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v)
-                  for k, v in getattr(exp, attr).items()}
-        rows.append({"experiment": exp.name, **values})
-    frame = pd.DataFrame(rows).set_index("experiment")
-    same = [c for c in frame.columns if frame[c].astype(str).nunique() == 1]
-    shared = pd.DataFrame({"setting": same, "value": [frame[c].iloc[0] for c in same]})
-    return shared, frame.drop(columns=same).reset_index()
-
-
-def _runtime(experiments: Sequence[Experiment]) -> pd.DataFrame:
-    rows = []
-    for exp in experiments:
-        secs: dict[str, float] = {}
-        for phases in exp.state.get("seconds", {}).values():
-            for phase, s in phases.items():
-                secs[phase] = secs.get(phase, 0.0) + float(s)
-        rows.append({"experiment": exp.name, **{f"{k} (s)": round(v, 1) for k, v in sorted(secs.items())},
-                     "total (min)": round(sum(secs.values()) / 60, 2)})
-    return pd.DataFrame(rows)
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """A loaded table as the page shows it within a dataset's section: variant next to strategy, no dataset."""
+    frame = frame.drop(columns=[DATASET], errors="ignore")
+    if VARIANT in frame.columns and "strategy" in frame.columns:
+        cols = [c for c in frame.columns if c != VARIANT]
+        cols.insert(cols.index("strategy") + 1, VARIANT)
+        frame = frame[cols]
+    return frame
 
 
 GUIDE = """<ul class="guide">
@@ -179,7 +170,9 @@ significantly better than j (paired two-sided t-test over (fold, seed), α = 0.0
 </li>
 <li><b>FG-Eff γ</b> (nnActive): how fast Dice approaches the full-label Dice as foreground voxels get annotated.</li>
 <li><b>Batch uncertainty</b> (paper Fig. 5), <b>correlation</b> (Fig. 6), <b>t-SNE</b> (Fig. 3), <b>example
-segmentations</b> (Figs. 10-12) when their data are present. Definitions: docs/report.md.</li></ul>"""
+segmentations</b> (Figs. 10-12) when their data are present. Definitions: docs/report.md.</li>
+<li><b>Variants</b>: a line, row or column is a strategy with its non-default options, e.g. usimf[eta=0.5]; two
+settings of one strategy are never pooled. Experiments on different datasets get one section each.</li></ul>"""
 
 
 def build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None = None) -> Path:
@@ -211,91 +204,27 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
     experiments = load_experiments(dirs)
     extras = extras or ReportExtras()
     results = load_results(experiments)
-    al = results[results["strategy"] != FULL]
-    bu = batch_uncertainty(experiments)
-    shares = redundancy_shares(experiments)  # empty unless some experiment ran the redundancy scenario
-    pm, pm_holm = penalty_matrix(results), penalty_matrix(results, correction="holm")
-    fg = fg_efficiency(results)
+    datasets = _datasets(experiments, results)
     page = _Page(output)
-    strategies = F.order_strategies(results["strategy"].unique())
-    datasets = sorted({Path(str(e.config.get("dataset", "?"))).name for e in experiments})
-    page.add(f"<h1>nnal active-learning report</h1><p class='meta'>{len(experiments)} experiment(s); dataset "
-             f"{html.escape(', '.join(datasets))}; strategies {html.escape(', '.join(strategies))}; generated "
-             f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>" + GUIDE)
-    page.add('<nav><a href="#summary">Summary</a><a href="#curves">Learning curves</a><a href="#penalty">Penalty '
-             'matrix</a><a href="#fgeff">FG-Eff</a><a href="#uncertainty">Uncertainty</a><a href="#examples">'
-             'Examples</a><a href="#experiments">Experiments</a></nav>')
-
-    page.section("summary", "Summary", "Mean ± SD over repetitions. AUBC and Φ exclude the full-label reference.")
-    page.table("summary", _summary_table(results, pm, pm_holm, fg))
-
-    page.section("curves", "Learning curves")
-    page.figure("learning_curves", lambda: F.plot_learning_curves(results), "Mean foreground Dice (mean over "
-                "foreground classes per test case, then over cases) against labeled slices (left) and % of the "
-                "pool (right). Band: ±1 SD over repetitions; dashed: full-label reference.", "Learning curves")
-    page.figure("class_curves", lambda: F.plot_class_curves(results), "Dice per foreground class against labeled "
-                "slices.", "Per-class learning curves")
-    page.add("<h3>Mean foreground Dice per round</h3><p class='note'>Mean ± SD over repetitions; the full-label "
-             "reference is in the summary.</p>")
-    page.table("dice_per_round", _round_table(al))
-    page.add("<h3>Final Dice per class</h3>")
-    page.table("final_dice", _final_table(results))
-
-    page.section("penalty", "Pairwise penalty matrix", "Rows: strategy i; columns: strategy j; cell: fraction of "
-                 "the AL rounds (round 0, the shared initial set, excluded) at which i beats j significantly.")
-    for note in pm.notes:
-        page.add(f"<p class='note'>{html.escape(note)}</p>")
-    if al["strategy"].nunique() < 2:
-        page.skip("Penalty matrix", "fewer than two active-learning strategies")
-    elif not pm.n_tests:
-        page.skip("Penalty matrix", "no pair of strategies has 2 or more matched repetitions (fold, seed)")
+    variants = F.order_strategies(results[VARIANT].unique())
+    names = [d.name for d in datasets]
+    page.add(f"<h1>nnal active-learning report</h1><p class='meta'>{len(experiments)} experiment(s); "
+             f"{'dataset' if len(names) == 1 else 'datasets'} {html.escape(', '.join(names))}"
+             f"{' (one section each)' if len(names) > 1 else ''}; variants {html.escape(', '.join(variants))}; "
+             f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>" + GUIDE)
+    if len(datasets) == 1:
+        page.add('<nav><a href="#summary">Summary</a><a href="#curves">Learning curves</a><a href="#penalty">'
+                 'Penalty matrix</a><a href="#fgeff">FG-Eff</a><a href="#uncertainty">Uncertainty</a>'
+                 '<a href="#examples">Examples</a><a href="#experiments">Experiments</a></nav>')
     else:
-        page.figure("penalty_matrix", lambda: F.plot_penalty_matrix(pm), "Uncorrected paired t-tests, α = 0.05.",
-                    "Penalty matrix")
-        page.figure("penalty_matrix_holm", lambda: F.plot_penalty_matrix(pm_holm), "Holm correction over the "
-                    "pairs tested at each step.", "Holm-corrected penalty matrix")
-        order = F.order_strategies(pm.matrix.index)
-        table = pm.matrix.loc[order, order]
-        page.table("penalty_matrix", table.assign(**{"row sum": table.sum(axis=1)}), index=True)
+        page.add("<nav>" + "".join(f'<a href="#summary{d.suffix}">{html.escape(d.name)}</a>' for d in datasets)
+                 + '<a href="#slices">Per-slice analyses</a><a href="#examples">Examples</a><a href="#experiments">'
+                 'Experiments</a></nav>')
+    for d in datasets:
+        _dataset_sections(page, d)
 
-    page.section("fgeff", "Foreground efficiency", "Fit of Dice = c − a·exp(−γ (x − x0)), x = fraction of the "
-                 "pool's foreground voxels annotated; the curve starts at the mean round-0 point (x0, y0), a = c − "
-                 "y0." + (f" c = {fg.c:.4f} ({html.escape(fg.c_source)})." if np.isfinite(fg.c) else ""))
-    for note in fg.notes:
-        page.add(f"<p class='note'>{html.escape(note)}</p>")
-    if fg.table.empty:
-        page.skip("FG-Eff figure", "; ".join(fg.notes) or "no fit")
-    else:
-        page.figure("fg_efficiency", lambda: F.plot_fg_efficiency(fg), "Left: annotated foreground against labeled "
-                    "slices. Right: Dice against it, points per (experiment, round), lines: fits.", "FG-Eff")
-        page.table("fg_efficiency", fg.table)
-
-    page.section("uncertainty", "Uncertainty analyses")
-    if bu.empty:
-        page.skip("Batch uncertainty (Fig. 5)", "no selected batch has class_uncertainty or a score (random "
-                  "sampling computes none)")
-    else:
-        missing = sorted(set(al["strategy"]) - set(bu["strategy"]))
-        if missing:
-            page.add(f"<p class='note'>No uncertainty recorded for: {html.escape(', '.join(missing))}.</p>")
-        page.figure("batch_uncertainty", lambda: F.plot_batch_uncertainty(bu), "Sum over the selected slices of "
-                    "the MC-dropout std (class_uncertainty) or variance (class_variance) summed over foreground "
-                    "classes when recorded, else the strategy's own score (not comparable across strategies).",
-                    "Batch uncertainty")
-    qs = query_sets(experiments)
-    if qs.empty:
-        page.skip("USIM query sets", "no experiment drew a query set")
-    else:
-        page.add("<h3>USIM query set per round</h3><p class='note'>Q: draws (with replacement); distinct: slices "
-                 "drawn at least once; share_c: fraction of draws whose slice holds foreground class c (label "
-                 "value c) in the ground truth.</p>")
-        page.table("query_sets", qs.round(4))
-    if not shares.empty:
-        page.add("<h3>Redundancy scenario (Appendix E)</h3><p class='note'>Per round: draws of the query set (Q) "
-                 "and slices of the selected batch that come from the duplicated case, its copies included; "
-                 "distinct: different pool slices drawn. The paper: 45% of the query set, 18 of 100 selected by "
-                 "USIMF, 45 by uniform sampling from the query set.</p>")
-        page.table("redundancy", shares.round(4))
+    if len(datasets) > 1:  # the arrays below come from one experiment each, not from a dataset's comparison
+        page.section("slices", "Per-slice analyses", "From the arrays given to the report (ReportExtras).")
     if extras.error is not None and extras.predictors:
         page.figure("correlation", lambda: P.plot_correlations(extras.error, extras.predictors), "Pearson "
                     "correlation with the number of misclassified pixels per slice.", "Correlation")
@@ -320,18 +249,98 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
 
     page.section("experiments", "Experiments", "Settings (config.yaml) and versions (environment.json).")
     for attr, what in (("config", "Configuration"), ("environment", "Environment")):
-        shared, differ = _settings(experiments, attr)
+        shared, differ = settings_tables(experiments, attr)
         page.add(f"<h3>{what}: shared by all</h3>")
         page.table(f"{attr}_shared", shared)
         if differ.shape[1] > 1:
             page.add(f"<h3>{what}: differing</h3>")
             page.table(f"{attr}_differing", differ)
     page.add("<h3>Runtime per phase (state.json)</h3>")
-    page.table("runtime", _runtime(experiments))
-    page.add("<h3>Folders</h3><ul>" + "".join(f"<li>{html.escape(e.name)}: {html.escape(str(e.path))}</li>"
-                                              for e in experiments) + "</ul>")
+    page.table("runtime", runtime_table(experiments))
+    page.add("<h3>Folders</h3><ul>" + "".join(f"<li>{html.escape(e.name)} ({html.escape(e.variant)}): "
+                                              f"{html.escape(str(e.path))}</li>" for e in experiments) + "</ul>")
 
     index = output / "index.html"
     index.write_text("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>nnal report</title>"
                      f"<style>{CSS}</style></head><body><main>{''.join(page.parts)}</main></body></html>\n")
     return index
+
+
+def _dataset_sections(page: _Page, d: _Dataset) -> None:
+    """Summary, learning curves, penalty matrix, FG-Eff and the batch and query-set tables of one dataset."""
+    results, al, pm, pm_holm, fg, x = d.results, d.al, d.pm, d.pm_holm, d.fg, d.suffix
+    intro = (f"{len(d.experiments)} experiment(s) on this dataset; nothing here is pooled with another dataset. "
+             if x else "")
+    page.section(f"summary{x}", d.title("Summary"), intro + "Mean ± SD over repetitions. AUBC and Φ exclude the "
+                 "full-label reference.")
+    page.table(f"summary{x}", summary_table(results, pm, pm_holm, fg))
+
+    page.section(f"curves{x}", d.title("Learning curves"))
+    page.figure(f"learning_curves{x}", lambda: F.plot_learning_curves(results), "Mean foreground Dice (mean over "
+                "foreground classes per test case, then over cases) against labeled slices (left) and % of the "
+                "pool (right). Band: ±1 SD over repetitions; dashed: full-label reference.", "Learning curves")
+    page.figure(f"class_curves{x}", lambda: F.plot_class_curves(results), "Dice per foreground class against "
+                "labeled slices.", "Per-class learning curves")
+    page.add("<h3>Mean foreground Dice per round</h3><p class='note'>Mean ± SD over repetitions; the full-label "
+             "reference is in the summary.</p>")
+    page.table(f"dice_per_round{x}", round_table(al))
+    page.add("<h3>Final Dice per class</h3>")
+    page.table(f"final_dice{x}", final_table(results))
+
+    page.section(f"penalty{x}", d.title("Pairwise penalty matrix"), "Rows: variant i; columns: variant j; cell: "
+                 "fraction of the AL rounds (round 0, the shared initial set, excluded) at which i beats j "
+                 "significantly.")
+    for note in pm.notes:
+        page.add(f"<p class='note'>{html.escape(note)}</p>")
+    if al[VARIANT].nunique() < 2:
+        page.skip("Penalty matrix", "fewer than two active-learning variants")
+    elif not pm.n_tests:
+        page.skip("Penalty matrix", "no pair of variants has 2 or more matched repetitions (fold, seed)")
+    else:
+        page.figure(f"penalty_matrix{x}", lambda: F.plot_penalty_matrix(pm), "Uncorrected paired t-tests, α = "
+                    "0.05.", "Penalty matrix")
+        page.figure(f"penalty_matrix_holm{x}", lambda: F.plot_penalty_matrix(pm_holm), "Holm correction over the "
+                    "pairs tested at each step.", "Holm-corrected penalty matrix")
+        order = F.order_strategies(pm.matrix.index)
+        table = pm.matrix.loc[order, order]
+        page.table(f"penalty_matrix{x}", table.assign(**{"row sum": table.sum(axis=1)}), index=True)
+
+    page.section(f"fgeff{x}", d.title("Foreground efficiency"), "Fit of Dice = c − a·exp(−γ (x − x0)), x = "
+                 "fraction of the pool's foreground voxels annotated; the curve starts at the mean round-0 point "
+                 "(x0, y0), a = c − y0." + (f" c = {fg.c:.4f} ({html.escape(fg.c_source)})." if np.isfinite(fg.c)
+                                           else ""))
+    for note in fg.notes:
+        page.add(f"<p class='note'>{html.escape(note)}</p>")
+    if fg.table.empty:
+        page.skip("FG-Eff figure", "; ".join(fg.notes) or "no fit")
+    else:
+        page.figure(f"fg_efficiency{x}", lambda: F.plot_fg_efficiency(fg), "Left: annotated foreground against "
+                    "labeled slices. Right: Dice against it, points per (experiment, round), lines: fits.", "FG-Eff")
+        page.table(f"fg_efficiency{x}", fg.table)
+
+    page.section(f"uncertainty{x}", d.title("Uncertainty analyses"))
+    bu, qs, shares = d.batches, d.queries, d.shares
+    if bu.empty:
+        page.skip("Batch uncertainty (Fig. 5)", "no selected batch has class_uncertainty or a score (random "
+                  "sampling computes none)")
+    else:
+        missing = sorted(set(al[VARIANT]) - set(bu[VARIANT]))
+        if missing:
+            page.add(f"<p class='note'>No uncertainty recorded for: {html.escape(', '.join(missing))}.</p>")
+        page.figure(f"batch_uncertainty{x}", lambda: F.plot_batch_uncertainty(bu), "Sum over the selected slices "
+                    "of the MC-dropout std (class_uncertainty) or variance (class_variance) summed over foreground "
+                    "classes when recorded, else the strategy's own score (not comparable across strategies).",
+                    "Batch uncertainty")
+    if qs.empty:
+        page.skip("USIM query sets", "no experiment drew a query set")
+    else:
+        page.add("<h3>USIM query set per round</h3><p class='note'>Q: draws (with replacement); distinct: slices "
+                 "drawn at least once; share_c: fraction of draws whose slice holds foreground class c (label "
+                 "value c) in the ground truth.</p>")
+        page.table(f"query_sets{x}", _shown(qs).round(4))
+    if not shares.empty:
+        page.add("<h3>Redundancy scenario (Appendix E)</h3><p class='note'>Per round: draws of the query set (Q) "
+                 "and slices of the selected batch that come from the duplicated case, its copies included; "
+                 "distinct: different pool slices drawn. The paper: 45% of the query set, 18 of 100 selected by "
+                 "USIMF, 45 by uniform sampling from the query set.</p>")
+        page.table(f"redundancy{x}", _shown(shares).round(4))

@@ -1,6 +1,8 @@
 """Statistics over results tables: learning curves, AUBC, final Dice, pairwise penalty matrix, FG-Eff, correlation.
 
-Every function takes the table of :func:`nnal.analysis.load.load_results` (or one with the same columns).
+Every function takes the table of :func:`nnal.analysis.load.load_results` (or one with the same columns) and
+groups by its ``variant`` column wherever a strategy is a group (a table without one: variant = strategy); the
+tables returned carry ``variant`` and, next to it, its ``strategy``. Callers pass one dataset at a time.
 Definitions are in ``docs/report.md``.
 """
 
@@ -13,16 +15,17 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from nnal.analysis.load import FULL, KEYS
+from nnal.analysis.load import FULL, KEYS, VARIANT, with_variants
 
-CURVE_COLUMNS = [*KEYS, "round", "n_labeled", "labeled_fraction", "fg_fraction", "dice"]
+GROUP = [VARIANT, "strategy"]  # a variant names its strategy, so the pair groups as the variant alone does
+CURVE_COLUMNS = [*KEYS, VARIANT, "round", "n_labeled", "labeled_fraction", "fg_fraction", "dice"]
 
 
 def experiment_curves(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
     """One row per (experiment, round): Dice of ``label`` averaged over the test cases (NaN cases skipped)."""
-    rows = results[results["label"] == label]
+    rows = with_variants(results[results["label"] == label])
     extra = [c for c in ("labeled_fraction", "fg_fraction") if c in rows.columns]
-    frame = rows.groupby([*KEYS, "round", "n_labeled", *extra], as_index=False, dropna=False)["dice"].mean()
+    frame = rows.groupby([*KEYS, VARIANT, "round", "n_labeled", *extra], as_index=False, dropna=False)["dice"].mean()
     for col in ("labeled_fraction", "fg_fraction"):
         if col not in frame.columns:
             frame[col] = np.nan
@@ -30,13 +33,13 @@ def experiment_curves(results: pd.DataFrame, label: str = "mean") -> pd.DataFram
 
 
 def learning_curves(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
-    """Mean and spread over repetitions (folds, seeds) per (strategy, round).
+    """Mean and spread over repetitions (folds, seeds) per (variant, round).
 
-    Columns: strategy, round, n_labeled, pct_pool (100 x labeled fraction), dice_mean, dice_std (ddof 1; NaN for
-    one repetition), n (repetitions).
+    Columns: variant, strategy, round, n_labeled, pct_pool (100 x labeled fraction), dice_mean, dice_std (ddof 1;
+    NaN for one repetition), n (repetitions).
     """
     per = experiment_curves(results, label)
-    grouped = per.groupby(["strategy", "round"], as_index=False)
+    grouped = per.groupby([*GROUP, "round"], as_index=False)
     return grouped.agg(n_labeled=("n_labeled", "mean"), pct_pool=("labeled_fraction", lambda v: 100 * v.mean()),
                        dice_mean=("dice", "mean"), dice_std=("dice", "std"), n=("dice", "count"))
 
@@ -59,25 +62,25 @@ def aubc(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _summary(frame: pd.DataFrame, value: str) -> pd.DataFrame:
-    return frame.groupby("strategy", as_index=False).agg(mean=(value, "mean"), std=(value, "std"), n=(value, "count"))
+    return frame.groupby(GROUP, as_index=False).agg(mean=(value, "mean"), std=(value, "std"), n=(value, "count"))
 
 
 def aubc_table(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
-    """AUBC per experiment over its labeled-fraction axis, then mean/std/n per strategy (full-label references,
+    """AUBC per experiment over its labeled-fraction axis, then mean/std/n per variant (full-label references,
     a single point, are left out)."""
     per = experiment_curves(results, label)
     per = per[per["strategy"] != FULL]
-    values = [{"strategy": s, "aubc": aubc(g["labeled_fraction"], g["dice"])} for (_, s), g in
-              per.groupby(["experiment", "strategy"])]
-    return _summary(pd.DataFrame(values, columns=["strategy", "aubc"]), "aubc")
+    values = [{VARIANT: v, "strategy": s, "aubc": aubc(g["labeled_fraction"], g["dice"])} for (_, v, s), g in
+              per.groupby(["experiment", *GROUP])]
+    return _summary(pd.DataFrame(values, columns=[*GROUP, "aubc"]), "aubc")
 
 
 def final_dice(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
-    """Dice of each experiment's last round, then mean/std/n per strategy, with the mean labeled slices."""
+    """Dice of each experiment's last round, then mean/std/n per variant, with the mean labeled slices."""
     per = experiment_curves(results, label)
     last = per.loc[per.groupby("experiment")["round"].idxmax()]
     table = _summary(last, "dice")
-    return table.merge(last.groupby("strategy", as_index=False)["n_labeled"].mean(), on="strategy")
+    return table.merge(last.groupby(GROUP, as_index=False)["n_labeled"].mean(), on=GROUP)
 
 
 # --- pairwise penalty matrix (Ash et al. 2020; Ji et al. 2023; the paper's Fig. 2D) ----------------------------
@@ -85,8 +88,8 @@ def final_dice(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
 
 @dataclass
 class PenaltyMatrix:
-    """``matrix.loc[i, j]``: fraction of budget steps at which strategy i is significantly better than j.
-    ``phi[j]``: column mean over all strategies (diagonal zero included), lower is better."""
+    """``matrix.loc[i, j]``: fraction of budget steps at which variant i is significantly better than j.
+    ``phi[j]``: column mean over all variants (diagonal zero included), lower is better."""
 
     matrix: pd.DataFrame
     phi: pd.Series
@@ -128,7 +131,8 @@ def penalty_matrix(results: pd.DataFrame, alpha: float = 0.05, correction: str |
     """Pairwise penalty matrix over budget steps (rounds) and repetitions matched by (fold, seed).
 
     At each step and for each pair (i, j): the paired differences Dice_i - Dice_j go into :func:`paired_test`;
-    if p < alpha, the strategy with the larger mean gets 1/L added to its row (L: number of steps).
+    if p < alpha, the variant with the larger mean gets 1/L added to its row (L: number of steps). Pairs are
+    variants (``variant``): two option settings of one strategy are compared like two strategies.
     ``correction="holm"`` adjusts the p-values of all pairs tested at a step together (Holm). Round 0 (the shared
     random initial set) is skipped unless ``skip_initial`` is False; full-label references are left out.
     """
@@ -138,11 +142,11 @@ def penalty_matrix(results: pd.DataFrame, alpha: float = 0.05, correction: str |
     per = per[per["strategy"] != FULL]
     if skip_initial:
         per = per[per["round"] > 0]
-    strategies = sorted(per["strategy"].unique())
+    strategies = sorted(per[VARIANT].unique())
     steps = sorted(int(r) for r in per["round"].unique())
     matrix = pd.DataFrame(0.0, index=pd.Index(strategies, name="better"), columns=pd.Index(strategies, name="worse"))
     notes: list[str] = []
-    table = per.pivot_table(index=["round", "fold", "seed"], columns="strategy", values="dice", aggfunc="mean")
+    table = per.pivot_table(index=["round", "fold", "seed"], columns=VARIANT, values="dice", aggfunc="mean")
     untested = n_tests = 0
     for step in steps:
         at = table.xs(step, level="round")
@@ -183,7 +187,7 @@ def fg_curve(x: np.ndarray, gamma: float, c: float, a: float, x0: float) -> np.n
 
 @dataclass
 class FgEfficiency:
-    """Fitted FG-Eff curves: ``table`` has strategy, gamma, gamma_se, n (points); shared c, a, x0."""
+    """Fitted FG-Eff curves: ``table`` has variant, strategy, gamma, gamma_se, n (points); shared c, a, x0."""
 
     table: pd.DataFrame
     c: float
@@ -195,22 +199,23 @@ class FgEfficiency:
 
 
 def fit_gamma(points: pd.DataFrame, c: float | None, x0: float, y0: float) -> tuple[pd.DataFrame, float]:
-    """Fit gamma per strategy to ``points`` (strategy, x, dice) with the curve through (x0, y0).
+    """Fit gamma per variant to ``points`` (variant, x, dice) with the curve through (x0, y0).
 
-    With ``c`` given, a = c - y0 is fixed and one gamma per strategy is fitted (scipy curve_fit). Without, c is
-    fitted jointly, shared by all strategies and bounded to [max observed Dice, 1]. Returns (table, c).
+    With ``c`` given, a = c - y0 is fixed and one gamma per variant is fitted (scipy curve_fit). Without, c is
+    fitted jointly, shared by all variants and bounded to [max observed Dice, 1]. Returns (table of variant, gamma,
+    gamma_se, n; c).
     """
-    groups = {s: g for s, g in points.groupby("strategy") if g["x"].nunique() >= 2}
+    groups = {s: g for s, g in points.groupby(VARIANT) if g["x"].nunique() >= 2}
     rows = []
     if not groups:
-        return pd.DataFrame(columns=["strategy", "gamma", "gamma_se", "n"]), float("nan") if c is None else c
+        return pd.DataFrame(columns=[VARIANT, "gamma", "gamma_se", "n"]), float("nan") if c is None else c
     if c is None:
         names = sorted(groups)
         xs = [groups[s]["x"].to_numpy() for s in names]
         ys = [groups[s]["dice"].to_numpy() for s in names]
         lo = max(float(np.max(np.concatenate(ys))), y0 + 1e-6)
         if lo >= 1.0:
-            return pd.DataFrame(columns=["strategy", "gamma", "gamma_se", "n"]), float("nan")
+            return pd.DataFrame(columns=[VARIANT, "gamma", "gamma_se", "n"]), float("nan")
 
         def residual(theta: np.ndarray) -> np.ndarray:
             return np.concatenate([fg_curve(x, g, theta[0], theta[0] - y0, x0) - y
@@ -222,7 +227,7 @@ def fit_gamma(points: pd.DataFrame, c: float | None, x0: float, y0: float) -> tu
         fit = optimize.least_squares(residual, start, bounds=bounds)
         se = _standard_errors(fit.jac, fit.fun, len(fit.x))
         for k, s in enumerate(names):
-            rows.append({"strategy": s, "gamma": float(fit.x[1 + k]), "gamma_se": se[1 + k], "n": len(groups[s])})
+            rows.append({VARIANT: s, "gamma": float(fit.x[1 + k]), "gamma_se": se[1 + k], "n": len(groups[s])})
         return pd.DataFrame(rows), float(fit.x[0])
     for s in sorted(groups):
         g = groups[s]
@@ -234,8 +239,8 @@ def fit_gamma(points: pd.DataFrame, c: float | None, x0: float, y0: float) -> tu
             gamma, se = float(popt[0]), float(np.sqrt(pcov[0, 0])) if np.isfinite(pcov[0, 0]) else np.nan
         except (RuntimeError, ValueError):
             gamma, se = np.nan, np.nan
-        rows.append({"strategy": s, "gamma": gamma, "gamma_se": se, "n": len(g)})
-    return pd.DataFrame(rows, columns=["strategy", "gamma", "gamma_se", "n"]), float(c)
+        rows.append({VARIANT: s, "gamma": gamma, "gamma_se": se, "n": len(g)})
+    return pd.DataFrame(rows, columns=[VARIANT, "gamma", "gamma_se", "n"]), float(c)
 
 
 def _standard_errors(jac: np.ndarray, residuals: np.ndarray, n_params: int) -> np.ndarray:
@@ -250,7 +255,7 @@ def _standard_errors(jac: np.ndarray, residuals: np.ndarray, n_params: int) -> n
 
 
 def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "mean") -> FgEfficiency:
-    """Foreground efficiency per strategy (nnActive): fit Dice(x) = c - a exp(-gamma (x - x0)).
+    """Foreground efficiency per variant (nnActive): fit Dice(x) = c - a exp(-gamma (x - x0)).
 
     x: fraction of the pool's foreground voxels that are annotated (``fg_fraction``), one point per (experiment,
     round). x0, y0: mean x and Dice of round 0 over all AL experiments; a = c - y0. c: the given value, else the
@@ -267,7 +272,7 @@ def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "m
     elif c is None:
         c_source = "fitted (no full-label experiment)"
     start = al[al["round"] == 0]
-    empty = pd.DataFrame(columns=["strategy", "gamma", "gamma_se", "n"])
+    empty = pd.DataFrame(columns=[*GROUP, "gamma", "gamma_se", "n"])
     if start.empty:
         notes.append("No round-0 points with annotated-voxel counts: no fit")
         return FgEfficiency(empty, np.nan if c is None else c, c_source, np.nan, np.nan, al, notes)
@@ -275,8 +280,10 @@ def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "m
     if c is not None and c <= y0:
         notes.append(f"c = {c:.4f} is not above the initial Dice {y0:.4f}: no fit")
         return FgEfficiency(empty, c, c_source, c - y0, x0, al, notes)
-    points = al.rename(columns={"fg_fraction": "x"})[["strategy", "x", "dice"]]
+    points = al.rename(columns={"fg_fraction": "x"})[[VARIANT, "x", "dice"]]
     table, c_fit = fit_gamma(points, c, x0, y0)
+    strategy_of = dict(zip(al[VARIANT], al["strategy"], strict=True))
+    table.insert(1, "strategy", table[VARIANT].map(strategy_of))
     if c is None and np.isfinite(c_fit) and (c_fit >= 1.0 - 1e-6 or c_fit <= points["dice"].max() + 1e-6):
         notes.append(f"The fitted c = {c_fit:.4f} lies on its bound [max observed Dice, 1]: the curves do not "
                      "saturate yet, so gamma is only a rough summary; add a full-label experiment")

@@ -9,9 +9,11 @@ from nnal.strategies.base import (
     PoolView,
     Scores,
     Strategy,
+    format_variant,
     get_strategy,
     register,
+    variant_label,
 )
 
-__all__ = ["MODEL_SCORE_KEYS", "REGISTRY", "ModelLike", "Option", "PoolView", "Scores", "Strategy", "get_strategy",
-           "register"]
+__all__ = ["MODEL_SCORE_KEYS", "REGISTRY", "ModelLike", "Option", "PoolView", "Scores", "Strategy", "format_variant",
+           "get_strategy", "register", "variant_label"]

@@ -94,12 +94,17 @@ class PoolView:
 
 @dataclass(frozen=True)
 class Option:
-    """One strategy option: name, type (a typing annotation, checked strictly), default and one line of help."""
+    """One strategy option: name, type (a typing annotation, checked strictly), default and one line of help.
+
+    ``affects_result=False`` marks a knob that changes only how a result is computed (memory, speed), never which
+    slices are selected: it is left out of the experiment's variant label (:func:`variant_label`).
+    """
 
     name: str
     kind: Any
     default: Any
     help: str
+    affects_result: bool = True
 
     def check(self, strategy: str, value: Any) -> Any:
         try:
@@ -266,3 +271,43 @@ def get_strategy(name: str) -> Strategy:
     except (KeyError, TypeError):
         known = ", ".join(sorted(REGISTRY))
         raise ConfigError(f"strategy: unknown {name!r}; known: {known}") from None
+
+
+def format_variant(strategy_name: str, options: Mapping[str, Any]) -> str:
+    """``name`` without options, else ``name[k=v,k2=v2]`` with the keys sorted and the values written compactly
+    (0.5, 10, 1e-06, uniform, true). No checking: :func:`variant_label` chooses which options to show."""
+    if not options:
+        return strategy_name
+    return f"{strategy_name}[{','.join(f'{k}={_compact(options[k])}' for k in sorted(options))}]"
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        # 10.0 and 10 are one setting; repr keeps every digit, so two different values never print alike
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def variant_label(strategy_name: str, options: Mapping[str, Any] | None = None) -> str:
+    """An experiment's label: the strategy plus the options that change its result and differ from their
+    defaults, e.g. ``usimf``, ``usimf[eta=0.5]``, ``usimf[eta=10,query_mode=uniform]``.
+
+    Options are checked first (ConfigError as in a config); options declared ``affects_result=False`` (memory
+    knobs such as ``chunk_elements``) never appear, so experiments that differ only in them are one variant.
+    """
+    strategy = get_strategy(strategy_name)
+    checked = strategy.check_options(options or {})
+    by_name = {o.name: o for o in strategy.options}
+    shown = {k: v for k, v in checked.items() if by_name[k].affects_result and not _same(v, by_name[k].default)}
+    return format_variant(strategy.name, shown)
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equal as settings: 1 and 1.0 are, True and 1 are not (a bool is never a number here)."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return type(value) is type(default) and value == default
+    return value == default

@@ -184,7 +184,7 @@ def stochastic_batches_select(scores: Scores, budget: int, rng: np.random.Genera
 
 
 CHUNK_OPTION = Option("chunk_elements", Annotated[int, Field(ge=1)], CHUNK_ELEMENTS,
-                      "floats per temporary distance block (memory, not the result)")
+                      "floats per temporary distance block (memory, not the result)", affects_result=False)
 
 register(Strategy("coreset", coreset_select, option_needs=coreset_needs, prepare=coreset_prepare,
                   provides=("labeled_features",),

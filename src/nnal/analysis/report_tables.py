@@ -1,0 +1,93 @@
+"""The report's tables as data frames: summary, Dice per round, final Dice per class, settings and runtime.
+
+A row (or column) is a variant (``variant``: a strategy plus its non-default options); callers pass the results of
+one dataset at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from nnal.analysis.figures import order_strategies
+from nnal.analysis.load import VARIANT, Experiment, with_variants
+from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, aubc_table, final_dice, learning_curves
+
+
+def plus_minus(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` with 4 decimals; the mean alone for one repetition, "–" when there is none."""
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.4f}" if n < 2 or not np.isfinite(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def summary_table(results: pd.DataFrame, pm: PenaltyMatrix, pm_holm: PenaltyMatrix, fg: FgEfficiency
+                  ) -> pd.DataFrame:
+    """One row per variant: repetitions, final labeled slices, final Dice, AUBC, Φ, Φ (Holm), FG-Eff γ."""
+    variants = order_strategies(with_variants(results)[VARIANT].unique())
+    au = aubc_table(results).set_index(VARIANT)
+    fin = final_dice(results).set_index(VARIANT)
+    gam = fg.table.set_index(VARIANT) if len(fg.table) else pd.DataFrame(columns=["gamma", "gamma_se"])
+    rows = []
+    for s in variants:
+        row = {VARIANT: s, "repetitions": int(fin.loc[s, "n"]) if s in fin.index else 0,
+               "labeled slices (final)": int(round(fin.loc[s, "n_labeled"])) if s in fin.index else None,
+               "final Dice": plus_minus(*fin.loc[s, ["mean", "std", "n"]]) if s in fin.index else "–",
+               "AUBC": plus_minus(*au.loc[s, ["mean", "std", "n"]]) if s in au.index else "–",
+               "Φ": pm.phi.get(s, np.nan) if pm.n_tests else np.nan,
+               "Φ (Holm)": pm_holm.phi.get(s, np.nan) if pm_holm.n_tests else np.nan,
+               "FG-Eff γ": gam["gamma"].get(s, np.nan)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def round_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows: rounds (with the mean labeled slices); columns: variants; cells: mean ± SD foreground Dice."""
+    curves = learning_curves(results)
+    curves["cell"] = [plus_minus(m, s, n) for m, s, n in zip(curves["dice_mean"], curves["dice_std"], curves["n"],
+                                                             strict=True)]
+    wide = curves.pivot_table(index="round", columns=VARIANT, values="cell", aggfunc="first")
+    labeled = curves.groupby("round")["n_labeled"].mean().round().astype(int)
+    wide = wide[order_strategies(wide.columns)]
+    wide.insert(0, "labeled slices", labeled)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+def final_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows: variants; columns: mean foreground Dice and each class's Dice at the last round (mean ± SD)."""
+    labels = ["mean"] + [lab for lab in pd.unique(results["label"]) if lab != "mean"]
+    table = pd.DataFrame({VARIANT: order_strategies(with_variants(results)[VARIANT].unique())}).set_index(VARIANT)
+    for lab in labels:
+        fin = final_dice(results, lab).set_index(VARIANT)
+        table[lab] = [plus_minus(*fin.loc[s, ["mean", "std", "n"]]) if s in fin.index else "–" for s in table.index]
+    return table.rename(columns={"mean": "mean foreground"}).reset_index()
+
+
+def settings_tables(experiments: Sequence[Experiment], attr: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(shared key/value table, per-experiment table of the keys that differ) of ``config`` or ``environment``."""
+    rows = []
+    for exp in experiments:
+        values = {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v)
+                  for k, v in getattr(exp, attr).items()}
+        rows.append({"experiment": exp.name, **values})
+    frame = pd.DataFrame(rows).set_index("experiment")
+    same = [c for c in frame.columns if frame[c].astype(str).nunique() == 1]
+    shared = pd.DataFrame({"setting": same, "value": [frame[c].iloc[0] for c in same]})
+    return shared, frame.drop(columns=same).reset_index()
+
+
+def runtime_table(experiments: Sequence[Experiment]) -> pd.DataFrame:
+    """Seconds per phase summed over rounds (state.json) and the total in minutes, per experiment."""
+    rows = []
+    for exp in experiments:
+        secs: dict[str, float] = {}
+        for phases in exp.state.get("seconds", {}).values():
+            for phase, s in phases.items():
+                secs[phase] = secs.get(phase, 0.0) + float(s)
+        rows.append({"experiment": exp.name, **{f"{k} (s)": round(v, 1) for k, v in sorted(secs.items())},
+                     "total (min)": round(sum(secs.values()) / 60, 2)})
+    return pd.DataFrame(rows)
