@@ -7,15 +7,22 @@ from pathlib import Path
 import pytest
 
 from nnal.config import build, load_yaml
+from nnal.grid import expand, load_grid
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 APPENDIX_D = sorted((EXAMPLES / "appendix-d").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: p.name)
-def test_every_example_config_is_valid(path):
-    config = build(load_yaml(path), str(path))
-    assert (EXAMPLES.parent / config.dataset).is_dir()  # the bundled data, from the repository root
+def test_every_example_config_and_grid_is_valid(path, monkeypatch):
+    monkeypatch.chdir(EXAMPLES.parent)  # paths in examples are relative to the repository root
+    values = load_yaml(path)
+    if "strategies" in values:  # a grid file
+        configs = [e.config for e in expand(load_grid(path), str(path))]
+    else:
+        configs = [build(values, str(path))]
+    for config in configs:
+        assert (EXAMPLES.parent / config.dataset).is_dir()  # the bundled data
 
 
 def test_appendix_d_covers_query_modes_sizes_and_eta():

@@ -68,6 +68,33 @@ def run(
 
 
 @app.command()
+def grid(
+    grid_file: Annotated[Path, typer.Argument(help="grid YAML: datasets, strategies (variants), folds, seeds, "
+                                              "settings, sweep, full_reference, retries (see examples/)")],
+    output: Annotated[Path | None, typer.Option(help="folder for the grid's experiments, its status and report "
+                                                "(default: runs/<grid file name>)")] = None,
+    address: Annotated[str | None, typer.Option(help="join this Ray cluster (output and cache on a shared "
+                                                "filesystem); default: a local Ray instance sized to the machine")
+                       ] = None,
+    max_parallel: Annotated[int | None, typer.Option(help="experiments at a time (default: one per GPU, or one "
+                                                     "per two CPU cores)")] = None,
+    executor: Annotated[str, typer.Option(help="ray, or local (in this process, one at a time, for debugging)")
+                        ] = "ray",
+    dry_run: Annotated[bool, typer.Option(help="run the grid on nnal's fake model (seconds): checks the grid "
+                                          "end to end without nnU-Net")] = False,
+    report: Annotated[bool, typer.Option(help="write the grid's report at the end")] = True,
+) -> None:
+    """Run every experiment of a grid (skipping finished ones, resuming cut-short ones), then its report."""
+    from nnal.grid import run_grid
+
+    status = run_grid(grid_file, output or Path("runs") / grid_file.stem, executor=executor, address=address,
+                      max_parallel=max_parallel, backend="fake" if dry_run else "nnunet", report=report,
+                      emit=typer.echo)
+    if status["failed"]:
+        sys.exit(1)
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="folder for the demo's experiments")] = Path("demo-output"),
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,

@@ -180,6 +180,23 @@ class ExperimentFolder:
     def lock(self) -> FolderLock:
         return FolderLock(self.root)
 
+    def busy(self) -> bool:
+        """Whether a process holds the experiment's lock now (it is running)."""
+        path = self.root / ".lock"
+        if not path.is_file():
+            return False
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def finished(self, rounds: int) -> bool:
+        """Whether the experiment has evaluated its last round (``rounds``)."""
+        return self.state_file.is_file() and self.done(rounds, "evaluate")
+
     # --- config ---------------------------------------------------------------------------------------------
 
     def read_config(self) -> Config:

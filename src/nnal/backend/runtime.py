@@ -22,8 +22,10 @@ def configure_nnunet_env(root: Path, num_processes: int) -> None:
 
 
 def set_threads() -> None:
-    """One torch thread per core, and no nested pools: oversubscription costs 20-100x on small machines."""
+    """One torch thread per core (``NNAL_THREADS`` when a grid runs several experiments on one machine), and no
+    nested pools: oversubscription costs 20-100x on small machines."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = int(os.environ.get("NNAL_THREADS") or n)
     torch.set_num_threads(max(1, n))
     if torch.get_num_interop_threads() != 1:
         try:
@@ -53,3 +55,7 @@ def device_name(device: torch.device) -> str:
 
 def cuda_available() -> bool:
     return torch.cuda.is_available()
+
+
+def cuda_device_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

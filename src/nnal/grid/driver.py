@@ -1,0 +1,95 @@
+"""``nnal grid``: check the grid, run it (Ray or local), write ``grid.json`` and the grid's report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from nnal import __version__
+from nnal.errors import ConfigError
+from nnal.experiment import atomic_write_text
+from nnal.grid.progress import Progress
+from nnal.grid.run import BACKENDS, GridRun, check_datasets, plan, run_local, run_ray, write_status
+from nnal.grid.spec import expand, load_grid
+from nnal.preflight import check_device, check_writable_folder
+
+EXECUTORS = ("ray", "local")
+
+
+def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | None = None,
+             max_parallel: int | None = None, backend: str = "nnunet", report: bool = True,
+             emit=print) -> dict:
+    """Run every experiment of the grid file ``path`` into ``output``; return the grid's status."""
+    path, output = Path(path), Path(output)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor: unknown {executor!r}; known: {', '.join(EXECUTORS)}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend: unknown {backend!r}; known: {', '.join(BACKENDS)}")
+    if max_parallel is not None and max_parallel < 1:
+        raise ConfigError(f"--max-parallel: must be at least 1, got {max_parallel}")
+    spec = load_grid(path)
+    experiments = expand(spec, str(path), base=Path.cwd())
+    # every check before anything is written
+    check_writable_folder(output, "output")
+    check_datasets(experiments)
+    devices = {e.config.device for e in experiments}
+    for device in devices:
+        check_device(device)
+    cores = os.cpu_count() or 1
+    gpus = _gpu_count() if backend == "nnunet" and devices & {"cuda", "auto"} else 0
+    parallel = max_parallel or (gpus or max(1, cores // 2))
+    threads = max(1, cores // parallel)
+    run = GridRun(output, executor=executor, address=address, max_parallel=parallel, backend=backend,
+                  retries=spec.retries, on_progress=emit)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "grid.yaml", path.read_text())
+    steps = plan(experiments, run, threads)
+    emit(f"grid {path}: {len(experiments)} experiments ({len(experiments) - sum(s.kind == 'experiment' for s in steps)}"
+         f" already done), executor {executor}, {parallel} at a time, {threads} thread(s) each")
+    progress = Progress(experiments, output, run.outcomes, parallel, emit=emit)
+    start = time.perf_counter()
+    if executor == "local":
+        run_local(steps, run, progress)
+    else:
+        run_ray(steps, run, progress, threads, 1.0 if gpus else 0.0)
+    seconds = time.perf_counter() - start
+    progress.update(force=True)
+    status = write_status(run, experiments, yaml.safe_load(path.read_text()), seconds, _environment())
+    failed = [e for e in experiments if run.outcomes.get(e.folder, {}).get("status") == "failed"]
+    for exp in failed:
+        emit(f"failed: {exp.folder}: {run.outcomes[exp.folder].get('error', '')}")
+    done = [output / e.folder for e in experiments if run.outcomes.get(e.folder, {}).get("status") == "done"]
+    if report and done:
+        from nnal.analysis.extras import build_full_report
+
+        page = build_full_report(done, output / "report")
+        emit(f"report: {page}")
+    emit(f"grid status: {status}  ({seconds:.0f} s)")
+    return {"experiments": len(experiments), "failed": len(failed), "seconds": seconds}
+
+
+def _gpu_count() -> int:
+    from nnal.backend.runtime import cuda_device_count
+
+    return cuda_device_count()
+
+
+def _environment() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except OSError:
+        commit = ""
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = None
+    return {"nnal": __version__, "git_commit": commit or None, "python": platform.python_version(),
+            "ray": ray_version, "machine": platform.machine(), "cores": os.cpu_count()}

@@ -1,0 +1,85 @@
+"""What a grid is doing, read from its experiment folders: done / running / failed / waiting, each running
+experiment's round and phase, the elapsed time and an estimate of what is left."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnal.experiment import PHASES, ExperimentFolder
+from nnal.grid.spec import GridExperiment
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
+
+
+@dataclass
+class Progress:
+    experiments: list[GridExperiment]
+    output: Path
+    outcomes: dict[str, dict]
+    parallel: int
+    emit: Callable[[str], None] = print
+    every: float = 10.0
+    start: float = field(default_factory=time.monotonic)
+    _last: float = 0.0
+    _last_text: str = ""
+
+    def started(self, key: str) -> None:
+        self.emit(f"start {key}")
+
+    def snapshot(self) -> dict:
+        """Counts, the running experiments with their (round, phase), and done fractions."""
+        counts = {"done": 0, "running": 0, "failed": 0, "waiting": 0}
+        running, fractions, seconds_done = [], [], []
+        for exp in self.experiments:
+            folder = ExperimentFolder(self.output / exp.folder)
+            rounds = 0 if exp.config.strategy == "full" else exp.config.rounds
+            total = (rounds + 1) * len(PHASES)
+            state = folder.state.data if folder.state_file.is_file() else {"round": -1, "phase": PHASES[-1]}
+            finished_phases = (state["round"] + 1) * len(PHASES) - (len(PHASES) - 1 - PHASES.index(state["phase"]))
+            outcome = self.outcomes.get(exp.folder, {}).get("status")
+            if outcome == "failed":
+                counts["failed"] += 1
+                continue
+            if outcome == "done" or folder.finished(rounds):
+                counts["done"] += 1
+                fractions.append(1.0)
+                seconds_done.append(sum(sum(p.values()) for p in folder.state.data.get("seconds", {}).values()))
+                continue
+            fractions.append(max(0, finished_phases) / total)
+            if folder.busy():
+                counts["running"] += 1
+                round_ = state["round"] + (state["phase"] == PHASES[-1])
+                phase = PHASES[(PHASES.index(state["phase"]) + 1) % len(PHASES)]
+                phase = "select" if (round_, phase) == (0, "score") else phase  # round 0 is never scored
+                running.append(f"{exp.folder} (round {round_}, {phase})")
+            else:
+                counts["waiting"] += 1
+        return {"counts": counts, "running": running, "fractions": fractions, "seconds_done": seconds_done}
+
+    def text(self) -> str:
+        snap = self.snapshot()
+        elapsed = time.monotonic() - self.start
+        c = snap["counts"]
+        line = (f"[{_minutes(elapsed)}] {c['done']} done, {c['running']} running, {c['failed']} failed, "
+                f"{c['waiting']} waiting")
+        left = sum(1.0 - f for f in snap["fractions"])
+        if snap["seconds_done"] and left > 0:
+            per = sum(snap["seconds_done"]) / len(snap["seconds_done"])
+            line += f"; about {_minutes(left * per / max(1, self.parallel))} left"
+        elif left > 0 and 0 < sum(snap["fractions"]):
+            line += f"; about {_minutes(elapsed * left / sum(snap['fractions']))} left"
+        return "\n".join([line, *(f"    running: {r}" for r in snap["running"])])
+
+    def update(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        text = self.text()
+        if force or text != self._last_text:
+            self.emit(text)
+        self._last, self._last_text = now, text
