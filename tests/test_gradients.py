@@ -66,6 +66,20 @@ def test_index_selects_columns(net, batch):
     torch.testing.assert_close(per_sample_gradients(net, x, mask, names, idx), full[:, idx])
 
 
+@pytest.mark.parametrize("group", ["decoder", "network"])
+def test_a_subset_is_computed_alone_and_equals_the_full_columns(net, batch, group, monkeypatch):
+    """Convolutions, transposed convolutions, norms and biases: only the wanted entries, in small chunks."""
+    import nnal.backend.gradients as gradients
+
+    x, mask = batch
+    names = parameter_names(net, group)
+    full = per_sample_gradients(net, x, mask, names)
+    idx = torch.sort(torch.randperm(full.shape[1], generator=torch.Generator().manual_seed(3))[:400]).values
+    monkeypatch.setattr(gradients, "SUBSET_CHUNK", 5 * 16 * 12 * 7)  # several chunks per layer
+    subset = per_sample_gradients(net, x, mask, names, idx)
+    torch.testing.assert_close(subset, full[:, idx], rtol=1e-9, atol=1e-12)
+
+
 def test_bottleneck_is_the_last_encoder_convolution(net):
     assert parameter_names(net, "bottleneck") == ["encoder.stages.2.0.convs.1.conv.weight"]
     assert len(parameter_names(net, "network")) == len(list(net.parameters()))

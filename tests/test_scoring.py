@@ -72,3 +72,40 @@ def test_mask_restricts_the_pixel_mean(mc_probs):
         np.testing.assert_allclose(masked[key].numpy(), cropped[key].numpy(), rtol=1e-6)
     np.testing.assert_allclose(reduce_deterministic(p[0], mask)["entropy"].numpy(),
                                reduce_deterministic(p[0, ..., 1:4, 2:6])["entropy"].numpy(), rtol=1e-6)
+
+
+def _small_unet() -> torch.nn.Module:
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(0)
+    return PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv2d, 3, (1, 2, 2), (2, 2, 2), 3, (2, 2), conv_bias=True,
+                         norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                         dropout_op=torch.nn.Dropout, dropout_op_kwargs={"p": 0.1},
+                         nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}).eval()
+
+
+@torch.inference_mode()
+def test_mc_passes_stacked_in_one_forward_are_dropout_samples():
+    from nnal.backend.inference import set_dropout
+    from nnal.backend.scoring import mc_probabilities
+
+    net = _small_unet()
+    batch = torch.randn(4, 1, 16, 12, generator=torch.Generator().manual_seed(1))
+    deterministic = net(batch).softmax(1)
+    # dropout off: every stacked pass is the deterministic prediction of its own slice (slices never interact)
+    stacked = mc_probabilities(net, batch, 6)
+    assert stacked.shape == (6, 4, 3, 16, 12)
+    torch.testing.assert_close(stacked, deterministic.expand(6, -1, -1, -1, -1), rtol=1e-5, atol=1e-6)
+    set_dropout(net, True)
+    # one pass per forward draws exactly as T separate forwards
+    torch.manual_seed(5)
+    loop = torch.stack([net(batch).softmax(1) for _ in range(6)])
+    torch.manual_seed(5)
+    torch.testing.assert_close(mc_probabilities(net, batch, 6, rows=4), loop)
+    # stacked: T different dropout samples, in chunks when the rows limit cuts them
+    for rows in (24, 8):
+        probs = mc_probabilities(net, batch, 6, rows=rows)
+        assert probs.shape == (6, 4, 3, 16, 12)
+        assert all(not torch.equal(probs[t], probs[t + 1]) for t in range(5))
+        assert (probs - deterministic).abs().mean() < 0.2  # samples around the deterministic prediction
+    set_dropout(net, False)

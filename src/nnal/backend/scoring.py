@@ -132,6 +132,26 @@ def random_projection(dim: int, k: int, seed: int = PROJECTION_SEED) -> torch.Te
     return torch.randn(dim, k, generator=torch.Generator().manual_seed(seed)) / math.sqrt(k)
 
 
+MC_ROWS = 1024  # slices in one MC forward: the T passes of a batch go through together while they fit
+
+
+def mc_probabilities(net: torch.nn.Module, batch: torch.Tensor, passes: int, rows: int | None = None
+                     ) -> torch.Tensor:
+    """``(T, B, C, H, W)`` softmax of ``passes`` MC-dropout passes, as few forwards as ``rows`` allows.
+
+    The passes are stacked along the batch axis: dropout draws its masks element by element, so a stacked
+    forward is ``passes`` independent dropout samples, with fewer, larger convolutions (what CPUs and GPUs run
+    fastest). Instance norm works per slice, so slices never interact.
+    """
+    per_forward = max(1, (rows or MC_ROWS) // max(1, len(batch)))
+    out = []
+    for start in range(0, passes, per_forward):
+        n = min(per_forward, passes - start)
+        logits = net(batch.repeat(n, 1, 1, 1)).float()
+        out.append(logits.softmax(1).reshape(n, len(batch), *logits.shape[1:]))
+    return torch.cat(out)
+
+
 @torch.inference_mode()
 def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
                keys: set[str], mc_passes: int, batch_size: int, device: torch.device, seed: int,
@@ -189,7 +209,7 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
                         parts["features"].append(flat.cpu())
             if keys & MC_KEYS:
                 set_dropout(net, True)
-                probs = torch.stack([net(batch).float().softmax(1) for _ in range(mc_passes)])
+                probs = mc_probabilities(net, batch, mc_passes)
                 for k, v in reduce_mc(probs, mask).items():
                     if k in keys:
                         parts[k].append(v.cpu())
