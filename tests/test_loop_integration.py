@@ -184,3 +184,21 @@ def test_report_cli_rejects_bad_folders_with_exit_2(tmp_path, content):
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(folder) in lines[0]
+
+
+def test_bench_scoring_times_a_real_round_against_its_floor(bald_run, tmp_path):
+    from nnal.bench.scoring import bench_scoring, format_scoring
+
+    result = bench_scoring(bald_run, round_=1, device="cpu")
+    assert result["variant"] == "bald" and result["mc_passes"] == 3
+    assert result["pool_slices"] == len(np.setdiff1d(pd.read_csv(bald_run / "pool.csv")["id"],
+                                                     pd.read_csv(bald_run / "round_000" / "selection.csv")["id"]))
+    for key in ("plain_forward_s", "mc_stacked_s", "mc_single_s", "embedding_s", "scoring_phase_s"):
+        assert result[key] > 0
+    assert result["floor_s"] == pytest.approx((3 + 3) * result["plain_forward_s"], rel=1e-2)
+    assert result["environment"]["git_commit"] and "scoring phase" in format_scoring(result)
+    for args, words in (([str(tmp_path)], ["not an nnal experiment"]), ([str(bald_run), "--round", "9"],
+                                                                       ["no checkpoint of round 8"])):
+        outcome = run_cli(["bench", "scoring", "--experiment", args[0], *args[1:]])
+        assert outcome.exit_code == 2 and "error:" in outcome.stderr and "Traceback" not in outcome.stderr
+        assert all(w in outcome.stderr for w in words)

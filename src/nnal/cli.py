@@ -149,6 +149,25 @@ def bench_selection(
     typer.echo(json.dumps(result) if json_output else format_bench(result))
 
 
+@bench_app.command("scoring")
+def bench_scoring(
+    experiment: Annotated[Path, typer.Option(help="an experiment folder whose round is re-scored (default: the "
+                                             "demo's USIMF)")] = Path("demo-output/usimf"),
+    round_: Annotated[int, typer.Option("--round", help="the round whose scoring phase is timed (>= 1)")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    mc_passes: Annotated[int | None, typer.Option(help="T (default: the experiment's)")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """The query step against its floor: MC passes stacked vs single, gradient embeddings, the scoring phase."""
+    from nnal.bench.scoring import bench_scoring as run_bench
+    from nnal.bench.scoring import format_scoring, to_json
+
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device: unknown {device!r}; known: cpu, cuda")
+    result = run_bench(experiment, round_=round_, device=device, mc_passes=mc_passes)
+    typer.echo(to_json(result) if json_output else format_scoring(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: a user's mistake is one line on stderr and exit code 2, a bug keeps its traceback."""
     from typer.exceptions import TyperException

@@ -212,17 +212,23 @@ def _pool_and_test(backend, config: Config, folder: ExperimentFolder) -> tuple[S
     return pool, test_cases
 
 
-def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled: np.ndarray, labeled: np.ndarray,
-           r: int, progress: bool) -> dict[str, np.ndarray]:
+def pool_view(config: Config, pool: SlicePool, unlabeled: np.ndarray, labeled: np.ndarray, r: int,
+              on_batch=None) -> PoolView:
+    """What round ``r``'s scoring phase sees of the pool (the loop's, and ``nnal bench scoring``'s)."""
     ids, cases = pool.ordered_by_case(unlabeled)
     _, labeled_cases = pool.ordered_by_case(labeled)
-    bar = tqdm(desc=f"round {r} score", unit="slice", disable=not progress, leave=False)
-    view = PoolView(ids=ids, cases=cases, labeled_cases=labeled_cases,
+    return PoolView(ids=ids, cases=cases, labeled_cases=labeled_cases,
                     labeled_class_voxels=pool.class_voxels(labeled)[1:], mc_passes=config.mc_passes,
                     batch_size=config.score_batch_size, seed=phase_seed(config.seed, r, "score"),
-                    budget=min(config.budget_for(r), len(ids)), on_batch=bar.update)
+                    budget=min(config.budget_for(r), len(ids)), on_batch=on_batch)
+
+
+def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled: np.ndarray, labeled: np.ndarray,
+           r: int, progress: bool) -> dict[str, np.ndarray]:
+    bar = tqdm(desc=f"round {r} score", unit="slice", disable=not progress, leave=False)
     try:
-        return strategy.score(model, view, config.strategy_options)
+        return strategy.score(model, pool_view(config, pool, unlabeled, labeled, r, bar.update),
+                              config.strategy_options)
     finally:
         bar.close()
 

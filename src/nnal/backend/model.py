@@ -26,12 +26,13 @@ class Model:
         self.folder = Path(folder)
         self.labels = labels
         self.device = device
+        self.mc_rows: int | None = None  # slices per MC forward (None: scoring.MC_ROWS); benchmarks vary it
 
     def scores(self, cases: CaseSlices, keys: set[str], *, mc_passes: int, batch_size: int, seed: int,
                on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
         """Per-slice score arrays (``nnal.strategies.MODEL_SCORE_KEYS``) in the order of ``cases`` then slices."""
         return scoring.score_pool(self.network, self.plans, self.folder, cases, keys, mc_passes, batch_size,
-                                  self.device, seed, on_batch)
+                                  self.device, seed, on_batch, mc_rows=self.mc_rows)
 
     def parameter_count(self, group: str) -> int:
         """Trainable parameters of a group: ``bottleneck`` (its last convolution), ``last-decoder-conv`` (the

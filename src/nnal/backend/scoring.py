@@ -155,8 +155,8 @@ def mc_probabilities(net: torch.nn.Module, batch: torch.Tensor, passes: int, row
 @torch.inference_mode()
 def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
                keys: set[str], mc_passes: int, batch_size: int, device: torch.device, seed: int,
-               on_batch: Callable[[int], None] | None = None, *, feature_dim: int = FEATURE_DIM
-               ) -> dict[str, np.ndarray]:
+               on_batch: Callable[[int], None] | None = None, *, feature_dim: int = FEATURE_DIM,
+               mc_rows: int | None = None) -> dict[str, np.ndarray]:
     """Score the given slices of each case; arrays come back in the order of ``cases`` then slices.
 
     ``features``: the flattened bottleneck on the fixed grid (:func:`bottleneck_on_grid`), projected to
@@ -209,7 +209,7 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
                         parts["features"].append(flat.cpu())
             if keys & MC_KEYS:
                 set_dropout(net, True)
-                probs = mc_probabilities(net, batch, mc_passes)
+                probs = mc_probabilities(net, batch, mc_passes, mc_rows)
                 for k, v in reduce_mc(probs, mask).items():
                     if k in keys:
                         parts[k].append(v.cpu())
