@@ -53,7 +53,7 @@ def test_report_files_and_tables(report):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no network resources
     assert page.count("<img ") == len(ALL_FIGURES) and "skipped" not in page.split("<h2")[1]
     for table in ("summary", "dice_per_round", "final_dice", "penalty_matrix", "fg_efficiency", "config_shared",
-                  "environment_shared", "runtime"):
+                  "environment_shared", "runtime", "runtime_per_round"):
         assert (report.parent / "tables" / f"{table}.csv").is_file(), table
     summary = (report.parent / "tables" / "summary.csv").read_text()
     assert summary.splitlines()[0].startswith("variant,repetitions") and "full" in summary
@@ -101,3 +101,21 @@ def test_report_renders_in_chromium(report, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (4000, 1280)
     assert pixels.std() > 20 and (pixels < 200).mean() > 0.02
+
+
+def test_runtime_per_round_gives_the_query_steps_share_of_training():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from nnal.analysis.report_tables import round_runtime_table
+
+    exp = SimpleNamespace(name="e", variant="usimf", state={"seconds": {
+        "0": {"select": 0.1, "train": 50.0, "evaluate": 2.0},
+        "1": {"score": 30.0, "select": 0.5, "train": 20.0, "evaluate": 2.0},
+        "10": {"score": 12.0, "select": 0.0, "train": 24.0, "evaluate": 2.0}}})
+    table = round_runtime_table([exp])
+    assert table["round"].tolist() == [0, 1, 10]  # rounds in number order, not text order
+    assert pd.isna(table["query / train"][0])  # round 0 has no query step
+    assert table["query / train"][1:].tolist() == [1.52, 0.5]  # (30 + 0.5) / 20 and 12 / 24
+    assert table["train (s)"].tolist() == [50.0, 20.0, 24.0]

@@ -29,7 +29,14 @@ from nnal.analysis.load import (
     query_sets,
 )
 from nnal.analysis.redundancy import redundancy_shares
-from nnal.analysis.report_tables import final_table, round_table, runtime_table, settings_tables, summary_table
+from nnal.analysis.report_tables import (
+    final_table,
+    round_runtime_table,
+    round_table,
+    runtime_table,
+    settings_tables,
+    summary_table,
+)
 from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, fg_efficiency, penalty_matrix
 from nnal.errors import ReportError
 from nnal.preflight import existing_ancestor
@@ -257,6 +264,8 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
             page.table(f"{attr}_differing", differ)
     page.add("<h3>Runtime per phase (state.json)</h3>")
     page.table("runtime", runtime_table(experiments))
+    page.add("<h3>Seconds per phase and round; the query step (score + select) as a share of training</h3>")
+    page.table("runtime_per_round", round_runtime_table(experiments))
     page.add("<h3>Folders</h3><ul>" + "".join(f"<li>{html.escape(e.name)} ({html.escape(e.variant)}): "
                                               f"{html.escape(str(e.path))}</li>" for e in experiments) + "</ul>")
 

@@ -80,6 +80,21 @@ def settings_tables(experiments: Sequence[Experiment], attr: str) -> tuple[pd.Da
     return shared, frame.drop(columns=same).reset_index()
 
 
+def round_runtime_table(experiments: Sequence[Experiment]) -> pd.DataFrame:
+    """Per experiment and round: seconds per phase (state.json) and the query step (scoring plus selection) as a
+    share of that round's training. A round whose phases were adopted (a shared round 0) reads 0 s for them."""
+    rows = []
+    for exp in experiments:
+        for round_, phases in sorted(exp.state.get("seconds", {}).items(), key=lambda kv: int(kv[0])):
+            secs = {p: float(phases.get(p, 0.0)) for p in ("score", "select", "train", "evaluate")}
+            query = secs["score"] + secs["select"]
+            rows.append({"experiment": exp.name, "variant": exp.variant, "round": int(round_),
+                         **{f"{p} (s)": round(v, 1) for p, v in secs.items()},
+                         "query / train": round(query / secs["train"], 2) if int(round_) > 0 and secs["train"] > 0
+                         else None})
+    return pd.DataFrame(rows)
+
+
 def runtime_table(experiments: Sequence[Experiment]) -> pd.DataFrame:
     """Seconds per phase summed over rounds (state.json) and the total in minutes, per experiment."""
     rows = []
