@@ -102,3 +102,17 @@ def test_badge_closed_form_equals_autograd_of_the_head():
         ((ce * m).sum() / m.sum()).backward()
         expected = torch.cat([head.weight.grad.reshape(3, 4).flatten(), head.bias.grad])
         torch.testing.assert_close(closed[b], expected)
+
+
+@pytest.mark.parametrize("group", ["decoder", "network"])
+def test_weighted_square_sums_equal_the_per_sample_reference(net, batch, group):
+    """The diagonal Fisher's accumulation, layer by layer, against one autograd backward per slice."""
+    from nnal.backend.gradients import per_sample_square_sums
+
+    x, mask = batch
+    names = parameter_names(net, group)
+    weights = torch.tensor([1.0, 3.0, 0.0, 2.0, 1.0], dtype=torch.float64)
+    reference = (per_sample_gradients_loop(net, x, mask, names).square() * weights[:, None]).sum(0)
+    got = per_sample_square_sums(net, x, mask, names, weights)
+    assert got.dtype == torch.float64 and got.shape == reference.shape
+    torch.testing.assert_close(got, reference, rtol=1e-9, atol=1e-14)

@@ -63,10 +63,11 @@ def bench_scoring(experiment: Path, *, round_: int = 1, device: str = "cpu", mc_
     model.scores(warm, {"entropy", "bald"}, mc_passes=t, batch_size=batch, seed=0)  # warm-up: allocations, caches
 
     plain = _seconds(lambda: model.scores(view.cases, {"entropy"}, mc_passes=t, batch_size=batch, seed=0))
+    model.mc_rows = t * batch  # the T passes of a batch in one forward
     stacked = _seconds(lambda: model.scores(view.cases, {"bald"}, mc_passes=t, batch_size=batch, seed=0))
     model.mc_rows = 1  # one pass per forward: the T single passes
     single = _seconds(lambda: model.scores(view.cases, {"bald"}, mc_passes=t, batch_size=batch, seed=0))
-    model.mc_rows = None
+    model.mc_rows = None  # the default the scoring phase runs with
     group = "network"
     total = model.parameter_count(group)
     index = np.sort(np.random.default_rng(0).choice(total, min(EMBEDDING_ENTRIES, total), replace=False))
