@@ -1,0 +1,80 @@
+"""Does a CPU protocol train each round close to convergence? Run it and the same with doubled training.
+
+For each (fold, seed) the protocol's schedule (a grid file's ``settings``) runs Random twice: as given, and
+with ``epochs_initial`` and ``epochs_per_round`` doubled. The round-0 model (the initial labeled slices) and
+the final model are compared. A protocol measures selection rather than training luck when doubling changes the
+mean foreground Dice by less than ``--tolerance`` (0.02) everywhere.
+
+    python benchmarks/convergence.py examples/hippocampus-cpu.yaml --folds 0 1 --seeds 0 1 \
+        --work /tmp/convergence --out results/cpu-protocol-convergence.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from nnal.config import build, load_yaml
+from nnal.loop import run_experiment
+
+
+def mean_dice(results: pd.DataFrame) -> dict[int, float]:
+    rows = results[results["label"] == "mean"]
+    return {int(r): float(v) for r, v in rows.groupby("round")["dice"].mean().items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", type=Path, help="a grid file whose settings are the protocol")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/nnal-convergence"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    spec = load_yaml(args.grid)
+    settings = dict(spec.get("settings", {}))
+    dataset = str(Path(spec["datasets"][0]).resolve())
+    rows = []
+    start = time.perf_counter()
+    for fold in args.folds:
+        for seed in args.seeds:
+            base = build({**settings, "dataset": dataset, "strategy": "random", "fold": fold, "seed": seed},
+                         str(args.grid)).resolved()
+            doubled = base.replace(epochs_initial=2 * base.epochs_initial, epochs_per_round=2 * base.epochs_per_round)
+            dice = {}
+            for name, config in (("protocol", base), ("doubled", doubled)):
+                t = time.perf_counter()
+                folder = args.work / f"f{fold}-s{seed}-{name}"
+                dice[name] = mean_dice(run_experiment(config, folder, cache=args.work / "cache", progress=False))
+                dice[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
+            last = max(dice["protocol"])
+            row = {"fold": fold, "seed": seed,
+                   "round0_dice": round(dice["protocol"][0], 4), "round0_dice_doubled": round(dice["doubled"][0], 4),
+                   "final_round": last, "final_dice": round(dice["protocol"][last], 4),
+                   "final_dice_doubled": round(dice["doubled"][last], 4),
+                   "seconds": dice["protocol_seconds"], "seconds_doubled": dice["doubled_seconds"]}
+            row["round0_change"] = round(row["round0_dice_doubled"] - row["round0_dice"], 4)
+            row["final_change"] = round(row["final_dice_doubled"] - row["final_dice"], 4)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    ok = all(abs(r["round0_change"]) < args.tolerance and abs(r["final_change"]) < args.tolerance for r in rows)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    summary = {"benchmark": "cpu_protocol_convergence", "grid": str(args.grid), "settings": settings,
+               "tolerance": args.tolerance, "converged": ok, "rows": rows,
+               "wall_seconds": round(time.perf_counter() - start, 1), "git_commit": commit,
+               "machine": {"python": platform.python_version(), "processor": platform.processor() or "cpu"}}
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"converged within {args.tolerance}: {ok}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
