@@ -103,3 +103,27 @@ def mini_hippocampus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def nnunet_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("nnunet-cache")
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory) -> Path:
+    """Six small cases with labels 0, 1, 2: the fake backend's loop, grid and redundancy tests (read only)."""
+    return make_nnunet_dataset(tmp_path_factory.mktemp("data") / "Dataset001_Toy", n_cases=6, shape=(8, 10, 12))
+
+
+def small_unet(dropout_op=None):
+    """A small nnU-Net PlainConvUNet with the planned network's block structure, seeded, in eval mode."""
+    import torch
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(0)
+    return PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv2d, 3, (1, 2, 2), (2, 2, 2), 3, (2, 2), conv_bias=True,
+                         norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                         dropout_op=dropout_op or torch.nn.Dropout2d, dropout_op_kwargs={"p": 0.1},
+                         nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}).eval()
+
+
+@pytest.fixture
+def no_fsync(monkeypatch):
+    """fsync is most of a fake run's time; temp file + rename (what a resumed run relies on) stays as it is."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)

@@ -13,8 +13,7 @@ import blosc2
 import numpy as np
 import pytest
 import torch
-from conftest import make_nnunet_dataset
-from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from conftest import make_nnunet_dataset, small_unet
 
 from nnal.backend.fake import fake_backend
 from nnal.backend.gradients import parameter_names, per_sample_gradients_loop
@@ -32,12 +31,7 @@ LAST_CONV = ["decoder.stages.1.convs.1.conv.weight", "decoder.stages.1.convs.1.c
 
 @pytest.fixture(scope="module")
 def net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv2d, 3, (1, 2, 2), (2, 2, 2), 3, (2, 2),
-                          conv_bias=True, norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-                          dropout_op=torch.nn.Dropout2d, dropout_op_kwargs={"p": 0.1},
-                          nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
-    return model.eval()
+    return small_unet()
 
 
 @pytest.fixture(scope="module")

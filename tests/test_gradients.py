@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from conftest import small_unet
 
 from nnal.backend.gradients import (
     head_gradient_embeddings,
@@ -19,12 +19,7 @@ from nnal.backend.gradients import (
 @pytest.fixture(scope="module")
 def net() -> torch.nn.Module:
     """A small nnU-Net PlainConvUNet with the same block structure as the planned one, float64."""
-    torch.manual_seed(0)
-    model = PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv2d, 3, (1, 2, 2), (2, 2, 2), 3, (2, 2),
-                          conv_bias=True, norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-                          dropout_op=torch.nn.Dropout2d, dropout_op_kwargs={"p": 0.1},
-                          nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
-    return model.double().eval()
+    return small_unet().double()
 
 
 @pytest.fixture(scope="module")

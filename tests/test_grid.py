@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import assert_one_line_error, make_nnunet_dataset, run_cli
+from conftest import assert_one_line_error, run_cli
 
 from nnal.errors import ConfigError
 from nnal.experiment import ExperimentFolder
@@ -26,8 +26,8 @@ SETTINGS = dict(rounds=2, initial=5, budget=4, iterations_per_epoch=2, epochs_in
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return make_nnunet_dataset(tmp_path_factory.mktemp("data") / "Dataset001_Toy", n_cases=6, shape=(8, 10, 12))
+def dataset(toy_dataset) -> Path:
+    return toy_dataset
 
 
 def grid_file(tmp_path: Path, dataset: Path, **changes) -> Path:

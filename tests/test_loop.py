@@ -5,13 +5,11 @@ and determinism."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_nnunet_dataset
 
 from nnal.backend.fake import FakeBackend, FakeModel, fake_backend
 from nnal.config import Config
@@ -29,15 +27,12 @@ class Crash(Exception):
     """A simulated kill of the process."""
 
 
-@pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch):
-    # fsync is most of a fake run's time; temp file + rename (what a resumed run relies on) stays as it is
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return make_nnunet_dataset(tmp_path_factory.mktemp("data") / "Dataset001_Toy", n_cases=6, shape=(8, 10, 12))
+def dataset(toy_dataset) -> Path:
+    return toy_dataset
 
 
 def config(dataset: Path, strategy: str = "bald", **changes) -> Config:

@@ -3,7 +3,6 @@ without it, USIMF against uniform sampling from the query set, the report's shar
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,12 @@ from nnal.strategies.usim_uniform import uniform_from_query
 CASE, COPIES = "case_002", 2  # fake split, fold 0: case_000 and case_005 are the test set, case_001..004 the pool
 
 
-@pytest.fixture(autouse=True)
-def _no_fsync(monkeypatch):
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+pytestmark = pytest.mark.usefixtures("no_fsync")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return make_nnunet_dataset(tmp_path_factory.mktemp("data") / "Dataset001_Toy", n_cases=6, shape=(8, 10, 12))
+def dataset(toy_dataset) -> Path:
+    return toy_dataset
 
 
 def config(dataset: Path, strategy: str = "usimf", redundancy: dict | None = None, **changes) -> Config:

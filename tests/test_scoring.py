@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_unet
 
 from nnal.backend.scoring import entropy, reduce_deterministic, reduce_mc
 
@@ -74,22 +75,12 @@ def test_mask_restricts_the_pixel_mean(mc_probs):
                                reduce_deterministic(p[0, ..., 1:4, 2:6])["entropy"].numpy(), rtol=1e-6)
 
 
-def _small_unet() -> torch.nn.Module:
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-
-    torch.manual_seed(0)
-    return PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv2d, 3, (1, 2, 2), (2, 2, 2), 3, (2, 2), conv_bias=True,
-                         norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-                         dropout_op=torch.nn.Dropout, dropout_op_kwargs={"p": 0.1},
-                         nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}).eval()
-
-
 @torch.inference_mode()
 def test_mc_passes_stacked_in_one_forward_are_dropout_samples():
     from nnal.backend.inference import set_dropout
     from nnal.backend.scoring import mc_probabilities
 
-    net = _small_unet()
+    net = small_unet(torch.nn.Dropout)
     batch = torch.randn(4, 1, 16, 12, generator=torch.Generator().manual_seed(1))
     deterministic = net(batch).softmax(1)
     # dropout off: every stacked pass is the deterministic prediction of its own slice (slices never interact)
