@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
             row["final_change"] = round(row["final_dice_doubled"] - row["final_dice"], 4)
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.out:  # after every (fold, seed): a cut-short run keeps what it measured
+                args.out.write_text(json.dumps({"partial": True, "rows": rows}, indent=1) + "\n")
     ok = all(abs(r["round0_change"]) < args.tolerance and abs(r["final_change"]) < args.tolerance for r in rows)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {"benchmark": "cpu_protocol_convergence", "grid": str(args.grid), "settings": settings,
