@@ -9,7 +9,6 @@ The model comes from a backend (nnU-Net's, or a test double with the same method
 from __future__ import annotations
 
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from nnal.errors import ConfigError
 from nnal.experiment import PHASES, RESULT_COLUMNS, ExperimentFolder
 from nnal.pool import SlicePool
 from nnal.preflight import check_device, check_disk, check_writable_folder, is_preprocessed
+from nnal.provenance import git_commit
 from nnal.strategies import PoolView, Strategy, get_strategy
 
 # A backend factory may also offer ``splits(dataset, cache)``: the fold split without building the backend, so that
@@ -133,12 +133,7 @@ def _named(config: Config) -> Config:
 
 
 def _environment(backend) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"nnal": __version__, "git_commit": commit or None, "python": platform.python_version(),
+    return {"nnal": __version__, "git_commit": git_commit(), "python": platform.python_version(),
             "numpy": np.__version__, **backend.environment(), "argv": sys.argv}
 
 

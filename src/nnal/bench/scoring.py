@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 from nnal.errors import ConfigError
 from nnal.experiment import ExperimentFolder
 from nnal.preflight import check_device
+from nnal.provenance import git_commit
 from nnal.strategies import get_strategy, variant_label
 
 EMBEDDING_ENTRIES = 10_000
@@ -98,17 +98,8 @@ def bench_scoring(experiment: Path, *, round_: int = 1, device: str = "cpu", mc_
         "phase_over_floor": round(phase / floor, 2),
         "recorded_phase_s": folder.state.data.get("seconds", {}).get(str(round_), {}).get("score"),
         "config": config.to_dict(),
-        "environment": {**backend.environment(), "git_commit": _git_commit(), "python": platform.python_version()},
+        "environment": {**backend.environment(), "git_commit": git_commit(), "python": platform.python_version()},
     }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except OSError:
-        return None
-    return out or None
 
 
 def format_scoring(result: dict[str, Any]) -> str:

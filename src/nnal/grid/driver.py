@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from nnal.grid.progress import Progress
 from nnal.grid.run import BACKENDS, GridRun, check_datasets, plan, run_local, run_ray, write_status
 from nnal.grid.spec import expand, load_grid
 from nnal.preflight import check_device, check_writable_folder
+from nnal.provenance import git_commit
 
 EXECUTORS = ("ray", "local")
 
@@ -81,15 +81,10 @@ def _gpu_count() -> int:
 
 def _environment() -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except OSError:
-        commit = ""
-    try:
         import ray
 
         ray_version = ray.__version__
     except ImportError:
         ray_version = None
-    return {"nnal": __version__, "git_commit": commit or None, "python": platform.python_version(),
+    return {"nnal": __version__, "git_commit": git_commit(), "python": platform.python_version(),
             "ray": ray_version, "machine": platform.machine(), "cores": os.cpu_count()}
