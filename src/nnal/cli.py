@@ -50,6 +50,9 @@ def run(
     cache: Annotated[Path | None, typer.Option(help="folder for nnU-Net's plans and preprocessed data, "
                                                "shareable between experiments (default: OUTPUT/nnunet)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    oracle: Annotated[str | None, typer.Option(help="simulated (labels from the dataset's ground truth) or human "
+                                               "(annotation mode: stop after each selection for a person's masks; "
+                                               "see 'nnal query', 'nnal ingest')")] = None,
 ) -> None:
     """Run an active-learning experiment (or resume it where it stopped)."""
     from nnal.analysis.tables import dice_table
@@ -58,13 +61,63 @@ def run(
 
     values = load_yaml(config) if config is not None else {}
     numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget)
-    flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device,
+    flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device, oracle=oracle,
                  **{k: _flag_value(v) for k, v in numbers.items() if v is not None})
     values.update({k: v for k, v in flags.items() if v is not None})
     source = " and ".join(s for s in (config and str(config), "command line" if any(flags.values()) else "") if s)
     results = run_experiment(build(values, source or "command line"), output, cache=cache, progress=not quiet)
-    typer.echo(dice_table(results))
-    typer.echo(f"results: {output / 'results.csv'}")
+    if len(results):
+        typer.echo(dice_table(results))
+        typer.echo(f"results: {output / 'results.csv'}")
+    from nnal.annotation.status import waiting_line
+
+    waiting = waiting_line(output)
+    if waiting is not None:
+        typer.echo(waiting)
+
+
+@app.command()
+def query(
+    experiment: Annotated[Path, typer.Argument(help="an annotation experiment's folder (oracle: human)")],
+) -> None:
+    """Export the batch waiting for annotation to DIR/annotate/round_NNN (images, known labels, the model's
+    presegmentation, manifest, README)."""
+    from nnal.annotation.batch import query as export
+    from nnal.loop import nnunet_backend
+
+    out = export(experiment, nnunet_backend)
+    typer.echo(f"batch: {out} (correct presegmentation/<case>.nii.gz, save as masks/<case>.nii.gz; see README.md)")
+
+
+@app.command()
+def ingest(
+    experiment: Annotated[Path, typer.Argument(help="an annotation experiment's folder (oracle: human)")],
+    masks: Annotated[Path | None, typer.Argument(help="folder of <case>.nii.gz masks (default: the pending "
+                                                 "batch's DIR/annotate/round_NNN/masks)")] = None,
+) -> None:
+    """Check the annotator's masks and take all of them into the experiment, or none (one line per problem)."""
+    from nnal.annotation.ingest import ingest as take
+
+    done = take(experiment, masks)
+    if done.changed:
+        typer.echo(f"round {done.round}: ingested {done.slices} slices of {done.cases} cases; next: "
+                   f"nnal run --output {experiment}")
+    else:
+        typer.echo(f"round {done.round}: these masks were ingested already; nothing changed")
+
+
+@app.command()
+def status(
+    experiment: Annotated[Path, typer.Argument(help="an experiment folder")],
+    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Round, labeled slices per class, the batch waiting for masks, time per round, last Dice."""
+    import json
+
+    from nnal.annotation.status import experiment_status, format_status
+
+    found = experiment_status(experiment)
+    typer.echo(json.dumps(found) if json_output else format_status(found))
 
 
 @app.command()
@@ -124,6 +177,21 @@ def strategies() -> None:
 
     for name in sorted(REGISTRY):
         typer.echo(REGISTRY[name].describe())
+
+
+@app.command()
+def annotate(
+    experiment: Annotated[Path, typer.Argument(help="annotation-mode experiment folder (its batch from 'nnal query')"
+                                               )],
+    round_: Annotated[int | None, typer.Option("--round", help="the round's batch to open (default: the newest, "
+                                               "annotate/round_NNN)")] = None,
+) -> None:
+    """Correct the batch of selected slices in napari (optional extra: pip install 'nnal[annotate]')."""
+    from nnal.annotation.viewer import run_annotation
+
+    session = run_annotation(experiment, round_=round_)
+    typer.echo(f"{session.batch.done_count()} of {len(session.batch.slices)} slices done; masks in "
+               f"{session.batch.folder / 'masks'} (then: nnal ingest {experiment})")
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks.")

@@ -36,7 +36,7 @@ RESUMABLE_CHANGES = frozenset({"rounds", "device", "num_processes"})
 # fields that decide round 0 (the initial random set and the first model): equal ones may share it
 ROUND0_FIELDS = ("dataset", "fold", "seed", "initial", "preset", "batch_size", "iterations_per_epoch",
                  "epochs_initial", "initial_lr", "augmentation", "dropout", "dropout_p", "pool_cases", "test_cases",
-                 "redundancy")  # the pool's duplicates shift every id: pools that differ never share round 0
+                 "redundancy", "oracle")  # the pool's duplicates shift every id: pools that differ never share round 0
 
 PositiveInt = Annotated[int, Field(ge=1)]
 OptionalPositiveInt = PositiveInt | None
@@ -88,6 +88,18 @@ class Config(BaseModel):
     # nnU-Net worker processes for preprocessing and augmentation (0: augmentation in-process, deterministic)
     num_processes: Annotated[int, Field(ge=0)] = 0
     strategy_options: dict[str, Any] = Field(default_factory=dict)
+    # who reveals the selected slices' labels: "simulated" (the dataset's ground truth, the paper's benchmark) or
+    # "human" (annotation mode: the loop stops after each selection until `nnal ingest` brings a person's masks)
+    oracle: Literal["simulated", "human"] = "simulated"
+
+    @model_validator(mode="after")
+    def _human_oracle(self) -> Config:
+        if self.oracle == "human" and self.strategy == "full":
+            raise ValueError("oracle: human annotation of every pool slice (strategy full) is not active learning; "
+                             "choose a selection strategy")
+        if self.oracle == "human" and self.redundancy is not None:
+            raise ValueError("redundancy: the duplicated-case scenario is a simulation; use oracle: simulated")
+        return self
 
     @model_validator(mode="after")
     def _budget_per_round(self) -> Config:

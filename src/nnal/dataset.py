@@ -21,7 +21,7 @@ from nnal.errors import DatasetError
 class Case:
     name: str
     images: tuple[Path, ...]  # one file per channel, or one 4D file (MSD) holding all channels
-    label: Path
+    label: Path | None  # None: not annotated yet (annotation mode only)
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,11 @@ class RawDataset:
         return len(self.labels)
 
 
-def load_dataset(path: str | os.PathLike) -> RawDataset:
-    """Read ``dataset.json`` and list the cases of an nnU-Net v2 raw folder or an MSD task folder."""
+def load_dataset(path: str | os.PathLike, *, labels_optional: bool = False) -> RawDataset:
+    """Read ``dataset.json`` and list the cases of an nnU-Net v2 raw folder or an MSD task folder.
+
+    ``labels_optional`` (annotation mode): a case may have no label file yet; the cases are then the images
+    (``imagesTr/<case>_0000``, or MSD's ``training`` entries) and ``Case.label`` is None where none exists."""
     root = Path(path)
     meta_file = root / "dataset.json"
     if not root.is_dir():
@@ -49,17 +52,25 @@ def load_dataset(path: str | os.PathLike) -> RawDataset:
         raise DatasetError(f"{meta_file}: missing (expected an nnU-Net v2 raw or MSD dataset folder)")
     meta = checks.read_json_object(meta_file)
     if "channel_names" in meta or "modality" not in meta:
-        return _load_nnunet(root, meta, meta_file)
-    return _load_msd(root, meta, meta_file)
+        return _load_nnunet(root, meta, meta_file, labels_optional)
+    return _load_msd(root, meta, meta_file, labels_optional)
 
 
-def _load_nnunet(root: Path, meta: dict, meta_file: Path) -> RawDataset:
+def _load_nnunet(root: Path, meta: dict, meta_file: Path, labels_optional: bool = False) -> RawDataset:
     channels = checks.parse_channels(meta.get("channel_names"), meta_file, "channel_names")
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in NIFTI_ENDINGS:
         raise DatasetError(f"{meta_file}: file_ending {ending!r} not supported (NIfTI only)")
     labels = checks.parse_labels(meta.get("labels"), meta_file, msd=False)
     label_dir = root / "labelsTr"
+    if labels_optional:
+        labels_of = checks.nnunet_label_files(label_dir, ending) if label_dir.is_dir() else {}
+        names = checks.nnunet_image_cases(root / "imagesTr", ending)
+        cases = [Case(name, tuple(root / "imagesTr" / f"{name}_{i:04d}{ending}" for i in range(len(channels))),
+                      labels_of.get(name)) for name in names]
+        if not cases:
+            raise DatasetError(f"{root / 'imagesTr'}: no '*_0000{ending}' images")
+        return RawDataset(root, meta.get("name", root.name), channels, labels, tuple(cases), ending, is_msd=False)
     if not label_dir.is_dir():
         raise DatasetError(f"{label_dir}: missing")
     cases = [Case(name, tuple(root / "imagesTr" / f"{name}_{i:04d}{ending}" for i in range(len(channels))), label)
@@ -69,12 +80,18 @@ def _load_nnunet(root: Path, meta: dict, meta_file: Path) -> RawDataset:
     return RawDataset(root, meta.get("name", root.name), channels, labels, tuple(cases), ending, is_msd=False)
 
 
-def _load_msd(root: Path, meta: dict, meta_file: Path) -> RawDataset:
+def _load_msd(root: Path, meta: dict, meta_file: Path, labels_optional: bool = False) -> RawDataset:
     channels = checks.parse_channels(meta.get("modality"), meta_file, "modality")
     labels = checks.parse_labels(meta.get("labels"), meta_file, msd=True)
-    cases = [Case(name, (root / image,), root / label)
-             for name, image, label in checks.msd_training(meta.get("training"), meta_file)]
+    entries = checks.msd_training(meta.get("training"), meta_file, labels_optional=labels_optional)
+    cases = [Case(name, (root / image,), _present(root, label) if labels_optional else root / label)
+             for name, image, label in entries]
     return RawDataset(root, meta.get("name", root.name), channels, labels, tuple(cases), ".nii.gz", is_msd=True)
+
+
+def _present(root: Path, label: str | None) -> Path | None:
+    """An MSD entry's label file, or None when the entry names none or the file is not there (not annotated)."""
+    return root / label if label and (root / label).is_file() else None
 
 
 # what nibabel raises for a corrupt, truncated or foreign file (gzip's errors are OSError and zlib.error)
@@ -99,12 +116,16 @@ def validate(dataset: RawDataset) -> None:
     declared = set(dataset.labels.values())
     foreground = False
     for case in dataset.cases:
-        label_geometry, seg_shape, has_foreground = _check_label(case.label, declared)
-        foreground = foreground or has_foreground
+        if case.label is None:  # annotation mode: the images must agree with each other (the first is the grid)
+            first, data = _read(case.images[0])
+            reference, geometry_of, shape = case.images[0], checks.geometry(first), data.shape[:3]
+        else:
+            geometry_of, shape, has_foreground = _check_label(case.label, declared)
+            reference, foreground = case.label, foreground or has_foreground
         for image in case.images:
-            _check_image(image, dataset, case.label, label_geometry, seg_shape)
-    if not foreground:
-        folders = {case.label.parent for case in dataset.cases}
+            _check_image(image, dataset, reference, geometry_of, shape)
+    if not foreground and all(case.label is not None for case in dataset.cases):
+        folders = {case.label.parent for case in dataset.cases if case.label is not None}
         where = folders.pop() if len(folders) == 1 else dataset.root / "dataset.json"
         raise DatasetError(f"{where}: no foreground voxel in any of the {len(dataset.cases)} label files (every "
                            f"voxel is background, 0); a dataset to learn from needs labelled foreground")
@@ -146,7 +167,7 @@ def cache_key(dataset: RawDataset) -> str:
     """A short hash of the dataset's name, labels, channels and file names and sizes: names its preprocessing cache."""
     h = hashlib.sha256(json.dumps([dataset.name, dataset.labels, dataset.channel_names]).encode())
     for case in dataset.cases:
-        for path in (*case.images, case.label):
+        for path in _files(case):
             h.update(f"{case.name}:{path.name}:{path.stat().st_size}".encode())
     return h.hexdigest()[:16]
 
@@ -159,12 +180,16 @@ def fingerprint(dataset: RawDataset) -> dict:
     meta = json.loads((dataset.root / "dataset.json").read_text())
     files = {}
     for case in dataset.cases:
-        for path in (*case.images, case.label):
+        for path in _files(case):
             files[_relative(path, dataset.root)] = {"case": case.name, "size": path.stat().st_size,
                                                     "sha256": file_digest(path)}
     return {"format": FINGERPRINT_FORMAT,
             "dataset_json": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
             "cases": sorted(case.name for case in dataset.cases), "files": dict(sorted(files.items()))}
+
+
+def _files(case: Case) -> tuple[Path, ...]:
+    return (*case.images, case.label) if case.label is not None else case.images
 
 
 def file_digest(path: Path) -> str:
@@ -227,7 +252,10 @@ def write_nnunet_raw(dataset: RawDataset, target: Path) -> Path:
     (target / "imagesTr").mkdir(parents=True, exist_ok=True)
     (target / "labelsTr").mkdir(parents=True, exist_ok=True)
     for case in dataset.cases:
-        _link(case.label, target / "labelsTr" / f"{case.name}.nii.gz")
+        if case.label is None:  # not annotated yet: all background, replaced as a person's masks come in
+            write_blank_label(case.images[0], target / "labelsTr" / f"{case.name}.nii.gz")
+        else:
+            _link(case.label, target / "labelsTr" / f"{case.name}.nii.gz")
         if dataset.is_msd and len(dataset.channel_names) > 1:
             img = nib.load(str(case.images[0]))
             data = np.asanyarray(img.dataobj)
@@ -248,6 +276,17 @@ def write_nnunet_raw(dataset: RawDataset, target: Path) -> Path:
     }
     (target / "dataset.json").write_text(json.dumps(meta, indent=1))
     return target
+
+
+def write_blank_label(image: Path, dest: Path) -> None:
+    """An all-zero uint8 label on ``image``'s voxel grid (first three axes)."""
+    img = nib.load(str(image))
+    blank = nib.Nifti1Image(np.zeros(img.shape[:3], dtype=np.uint8), img.affine)
+    blank.set_qform(*img.get_qform(coded=True))
+    blank.set_sform(*img.get_sform(coded=True))
+    if dest.is_symlink() or dest.exists():
+        dest.unlink()
+    nib.save(blank, str(dest))
 
 
 def _link(source: Path, dest: Path) -> None:

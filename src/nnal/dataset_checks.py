@@ -132,17 +132,28 @@ def nnunet_label_files(label_dir: Path, ending: str) -> dict[str, Path]:
     return {name: files[0] for name, files in found.items()}
 
 
-def msd_training(training: object, meta_file: Path) -> list[tuple[str, str, str]]:
-    """(case name, image, label) of each MSD ``training`` entry; each case and each image listed once."""
+def nnunet_image_cases(image_dir: Path, ending: str) -> list[str]:
+    """Case names of an nnU-Net ``imagesTr`` folder: every ``<case>_0000<ending>``, sorted."""
+    if not image_dir.is_dir():
+        raise DatasetError(f"{image_dir}: missing")
+    suffix = f"_0000{ending}"
+    return sorted(p.name[: -len(suffix)] for p in image_dir.iterdir() if p.name.endswith(suffix))
+
+
+def msd_training(training: object, meta_file: Path, *, labels_optional: bool = False
+                 ) -> list[tuple[str, str, str | None]]:
+    """(case name, image, label) of each MSD ``training`` entry; each case and each image listed once.
+    ``labels_optional`` (annotation mode): an entry may leave out its label (None); the case is named by its image."""
     if not isinstance(training, list) or not training:
         raise DatasetError(f"{meta_file}: empty dataset ('training' missing or empty)")
     out, by_name, by_image = [], {}, {}
     for i, entry in enumerate(training):
         paths = [entry.get(k) if isinstance(entry, dict) else None for k in ("image", "label")]
-        if not all(isinstance(p, str) and p.strip() for p in paths):
+        given = [isinstance(p, str) and p.strip() for p in paths]
+        if not (all(given) or (labels_optional and given[0] and paths[1] is None)):
             raise DatasetError(f"{meta_file}: training[{i}] must give 'image' and 'label' paths, e.g. {TRAINING_ENTRY}")
         image, label = paths
-        name = Path(label).name.split(".nii")[0]
+        name = Path(label or image).name.split(".nii")[0]
         if name in by_name:
             raise DatasetError(f"{meta_file}: training[{by_name[name]}] and training[{i}] are both case {name!r} "
                                f"(label {label}); list each case once")

@@ -8,7 +8,11 @@ pool.csv             slice id, case, slice index, voxels per class
 test_cases.txt       the fold's validation cases (the test set)
 state.json           last finished (round, phase) and seconds per phase
 results.csv          one row per (round, test case, label): RESULT_COLUMNS
-round_NNN/           selection.csv, scores.npz, checkpoint.pt, metrics.csv, nnunet/ (training logs)
+round_NNN/           selection.csv, scores.npz, checkpoint.pt, metrics.csv, nnunet/ (training logs);
+                     batch.csv (annotation mode: the selected slices located in the raw NIfTI arrays)
+annotations.json     annotation mode: the rounds whose masks were ingested (the commit record of `nnal ingest`)
+annotations/round_NNN/<case>.nii.gz  a case's known labels after round NNN's ingest (never rewritten)
+annotate/round_NNN/  the batch handed to the annotator (images, labels, presegmentation, masks/, manifest)
 ```
 
 Every file is written atomically (temp file, fsync, rename): a reader, or a run resumed after a kill, sees the old
@@ -145,6 +149,7 @@ class ExperimentFolder:
         self.test_cases_file = self.root / "test_cases.txt"
         self.state_file = self.root / "state.json"
         self.results_file = self.root / "results.csv"
+        self.annotations_file = self.root / "annotations.json"
         self._state: State | None = None
 
     # --- layout ---------------------------------------------------------------------------------------------
@@ -166,6 +171,15 @@ class ExperimentFolder:
 
     def training_log_dir(self, round_: int) -> Path:
         return self.round_dir(round_) / "nnunet"
+
+    def batch_file(self, round_: int) -> Path:
+        return self.round_dir(round_) / "batch.csv"
+
+    def annotation_file(self, round_: int, case: str) -> Path:
+        return self.root / "annotations" / f"round_{round_:03d}" / f"{case}.nii.gz"
+
+    def annotate_dir(self, round_: int) -> Path:
+        return self.root / "annotate" / f"round_{round_:03d}"
 
     def rounds(self) -> list[int]:
         """The rounds with a folder, ascending."""
@@ -303,6 +317,15 @@ class ExperimentFolder:
         """Ids selected in rounds ``0 .. round_-1`` (the labeled set when round ``round_`` starts), sorted."""
         ids = [self.read_selection(r)["id"].to_numpy() for r in range(round_) if self.selection_file(r).is_file()]
         return np.sort(np.concatenate(ids)) if ids else np.empty(0, dtype=np.int64)
+
+    def read_annotations(self) -> dict[str, Any]:
+        """The annotation record: ``{"rounds": {"<r>": {...}}}``, one entry per ingested round."""
+        if not self.annotations_file.is_file():
+            return {"rounds": {}}
+        return json.loads(self.annotations_file.read_text())
+
+    def write_annotations(self, record: Mapping[str, Any]) -> None:
+        atomic_write_json(self.annotations_file, dict(record))
 
     def write_checkpoint(self, round_: int, data: bytes) -> None:
         atomic_write_bytes(self.checkpoint_file(round_), data)

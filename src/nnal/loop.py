@@ -1,5 +1,8 @@
 """The active-learning loop. One round, top to bottom: score -> select -> reveal -> train -> evaluate.
 
+The oracle reveals the selected slices' labels (:mod:`nnal.annotation.oracle`): the simulated one at once, a
+person in annotation mode, where the run stops after selecting and the next run goes on once the masks are in.
+
 Each phase ends by writing its outputs and then the state file, both atomically, through the experiment folder's
 owner (:mod:`nnal.experiment`); a killed run resumes at the first unfinished phase. Every phase draws its
 randomness from a seed derived from (seed, round, phase), so a resumed run ends identical to an uninterrupted one.
@@ -20,6 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from nnal import __version__
+from nnal.annotation.oracle import Oracle, make_oracle
 from nnal.config import Config
 from nnal.dataset import RawDataset, fingerprint, load_dataset, validate
 from nnal.errors import ConfigError
@@ -59,8 +63,9 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     check_writable_folder(folder.root, "output")
     check_writable_folder(cache, "cache")
     config = folder.reconcile(_named(config))
-    dataset = load_dataset(config.dataset)
+    dataset = load_dataset(config.dataset, labels_optional=config.oracle == "human")
     validate(dataset)
+    _check_annotation_cache(config, folder, cache)
     _check_redundancy(config, dataset, cache, backend_factory)
     identity = fingerprint(dataset)
     folder.check_dataset(identity)
@@ -74,6 +79,7 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
         backend = backend_factory(dataset, cache, config)
         folder.write_environment(_environment(backend))
         pool, test_cases = _pool_and_test(backend, config, folder)
+        oracle = make_oracle(config, folder, dataset)
         if share_round0 is not None and not folder.done(0, "evaluate"):
             folder.adopt_round0(ExperimentFolder(share_round0), config)
 
@@ -96,15 +102,23 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
             # 2. select: the initial random set in round 0, the strategy afterwards; the oracle reveals them
             if not folder.done(r, "select"):
                 t = time.perf_counter()
-                chosen, chosen_scores = _select(folder, config, strategy, pool, unlabeled, r)
+                chosen, chosen_scores = _select(folder, config, strategy, pool, unlabeled, r, oracle)
                 if np.isin(chosen, labeled).any():
                     raise RuntimeError(f"round {r}: selection contains already labeled slices")
                 folder.write_selection(r, pool.table.iloc[chosen][["id", "case", "slice"]].assign(score=chosen_scores))
                 folder.finish(r, "select", time.perf_counter() - t)
 
+            # the oracle reveals them: at once (simulated), or a person's masks once `nnal ingest` took them; until
+            # then the batch is handed out (DIR/annotate/round_NNN) and the run stops here
+            if not oracle.revealed(r, pool):
+                if not folder.batch_file(r).is_file():
+                    oracle.request(r, backend, weights)
+                break
+
             # 3. train: fine-tune the previous round's weights on every labeled slice
             labeled = folder.labeled_before(r + 1)
             if not folder.done(r, "train"):
+                pool = oracle.reveal(backend, pool)
                 t = time.perf_counter()
                 weights = _train(backend, config, pool, labeled, weights, folder, r, progress)
                 folder.write_checkpoint(r, backend.checkpoint_bytes(weights, round=r, n_labeled=len(labeled)))
@@ -115,13 +129,22 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
             # 4. evaluate: 3D Dice on the fold's validation cases (the test set, never in the pool)
             if not folder.done(r, "evaluate"):
                 t = time.perf_counter()
-                bar = tqdm(total=len(test_cases), desc=f"round {r} evaluate", disable=not progress, leave=False)
-                rows = backend.evaluate(weights, test_cases, config.score_batch_size, on_case=bar.update)
+                evaluated = oracle.test_cases(test_cases)
+                bar = tqdm(total=len(evaluated), desc=f"round {r} evaluate", disable=not progress, leave=False)
+                rows = backend.evaluate(weights, evaluated, config.score_batch_size, on_case=bar.update)
                 bar.close()
                 folder.write_metrics(r, _metric_rows(config, r, len(labeled), rows, backend.dataset_json))
                 folder.write_results()
                 folder.finish(r, "evaluate", time.perf_counter() - t)
-    return folder.read_results()
+    return folder.read_results() if folder.results_file.is_file() else pd.DataFrame(columns=RESULT_COLUMNS)
+
+
+def _check_annotation_cache(config: Config, folder: ExperimentFolder, cache: Path) -> None:
+    """Annotation mode rewrites nnU-Net's preprocessed labels as masks come in: its cache is the experiment's own."""
+    if config.oracle == "human" and cache.resolve() != (folder.root / "nnunet").resolve():
+        raise ConfigError(f"cache: annotation mode (oracle: human) keeps nnU-Net's preprocessed data in the "
+                          f"experiment folder ({folder.root / 'nnunet'}), as it holds the experiment's own labels; "
+                          "leave --cache unset")
 
 
 def _named(config: Config) -> Config:
@@ -229,8 +252,11 @@ def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled
 
 
 def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: SlicePool, unlabeled: np.ndarray,
-            r: int) -> tuple[np.ndarray, np.ndarray]:
+            r: int, oracle: Oracle) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(phase_seed(config.seed, r, "select"))
+    initial = oracle.initial_selection(pool) if r == 0 else None
+    if initial is not None:  # annotation mode: the labels already present are round 0's labeled set
+        return initial, np.full(len(initial), np.nan)
     if r == 0:
         if strategy.name == "full":
             return rng.choice(len(pool), size=len(pool), replace=False), np.full(len(pool), np.nan)

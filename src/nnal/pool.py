@@ -88,6 +88,16 @@ class SlicePool:
         # groupby keeps the row order inside a group, and the cases' blocks are in name order (see __init__)
         return ids, [(case, grp["slice"].to_numpy()) for case, grp in rows.groupby("case", sort=True)]
 
+    def with_counts(self, counts: dict[str, np.ndarray]) -> SlicePool:
+        """A copy whose rows of the given cases take new voxel counts per class (``(n_slices, K)`` per case, by
+        slice index): annotation mode learns a slice's classes only when a person labels it."""
+        table = self.table.copy()
+        cols = [f"vox_{k}" for k in range(self.num_classes)]
+        for case, per_slice in counts.items():
+            rows = table["case"] == case
+            table.loc[rows, cols] = np.asarray(per_slice, dtype=np.int64)[table.loc[rows, "slice"].to_numpy()]
+        return SlicePool(table)
+
     def class_voxels(self, ids: Iterable[int]) -> np.ndarray:
         """Annotated voxels per class over the distinct (case, slice) of the given ids, ``(K,)``."""
         cols = [f"vox_{k}" for k in range(self.num_classes)]

@@ -56,7 +56,7 @@ def preprocessed_bytes(dataset: RawDataset) -> int:
     total = 0
     channels = len(dataset.channel_names)
     for case in dataset.cases:
-        voxels = int(np.prod(nib.load(str(case.label)).shape[:3]))
+        voxels = int(np.prod(nib.load(str(case.label or case.images[0])).shape[:3]))
         total += voxels * (BYTES_PER_VOXEL_AND_CHANNEL * channels + SEGMENTATION_BYTES_PER_VOXEL)
     return int(total * RESAMPLING_MARGIN)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnal.backend import inference, planning, training
+from nnal.backend import inference, planning, raw_space, training
 from nnal.backend.model import Model, load_weights, weights_to_bytes
 from nnal.backend.runtime import configure_nnunet_env, resolve_device, set_threads
 from nnal.dataset import RawDataset, cache_key, write_nnunet_raw
@@ -94,6 +94,24 @@ class Backend:
                  on_case: Callable[[], None] | None = None) -> list[tuple[str, int, float]]:
         """3D Dice per test case and foreground label: ``[(case, label, dice)]``."""
         return self.model(weights).dice(cases, batch_size, on_case)
+
+    # --- annotation mode: between pool slices and the raw NIfTI volumes a person annotates ----------------------
+
+    def slice_location(self, case: str) -> tuple[int, int]:
+        """(NIfTI array axis, index offset) of the case's pool slices: slice ``s`` is array index ``offset + s``."""
+        return raw_space.slice_location(self.plans, self.folder, case)
+
+    def write_labels(self, case: str, labels: np.ndarray, affine: np.ndarray) -> bool:
+        """Make the case's known labels (NIfTI array, 0 where none is known) what training reads; False if they
+        already are."""
+        return raw_space.write_labels(self.plans, self.dataset_json, self.root / "raw" / self.folder_name,
+                                      self.folder, case, labels, affine)
+
+    def predict_raw(self, weights: Mapping[str, torch.Tensor], case: str, slices: np.ndarray,
+                    batch_size: int = 128) -> np.ndarray:
+        """The prediction of some pool slices in the raw image's NIfTI array (0 on every other slice)."""
+        return raw_space.predict_raw(self.network(weights), self.plans, self.dataset_json, self.folder, case, slices,
+                                     batch_size, self.device)
 
     def environment(self) -> dict[str, str]:
         """Versions and the device, for ``environment.json``."""

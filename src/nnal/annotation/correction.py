@@ -1,0 +1,357 @@
+"""The batch of selected slices being corrected by a person, without any GUI: reading a round's annotation folder,
+the order the slices are visited in, the progress count, and the atomic writes of masks and of the manifest.
+
+``nnal annotate`` (``nnal.annotation.viewer``) is a thin napari view over :class:`CorrectionSession`; everything
+here is tested without Qt. The folder is the one ``nnal query DIR`` writes::
+
+    DIR/annotate/round_NNN/
+      images/<case>_0000.nii.gz   one file per channel, the case's original geometry
+      presegmentation/<case>.nii.gz   labels known so far + the model's prediction on the selected slices
+      masks/<case>.nii.gz          the corrected full-volume masks (written here; ``nnal ingest DIR`` reads them)
+      manifest.csv, manifest.json  one row per selected slice: case, axis, slice, world_mm, score, empty
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from nnal.dataset import UNREADABLE
+from nnal.errors import NnalError
+from nnal.experiment import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+ROUND_FOLDER = re.compile(r"round_(\d{3,})")
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no", ""})
+
+
+class AnnotationBatchError(NnalError, ValueError):
+    """A round's annotation folder that cannot be read or holds impossible values; the message names the file."""
+
+
+@dataclass(frozen=True)
+class SelectedSlice:
+    """One manifest row: slice ``index`` along array ``axis`` of ``case`` (nibabel's array order)."""
+
+    row: int  # position in the manifest's rows, the key for its ``empty`` flag
+    case: str
+    axis: int
+    index: int
+
+
+def find_round_folder(experiment: str | Path, *, round_: int | None = None) -> Path:
+    """``DIR/annotate/round_NNN``: the given round, or the highest-numbered one (the pending batch)."""
+    root = Path(experiment) / "annotate"
+    if round_ is not None:
+        if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
+            raise AnnotationBatchError(f"--round: expected an integer >= 0, got {round_!r}")
+        folder = root / f"round_{round_:03d}"
+        if not folder.is_dir():
+            raise AnnotationBatchError(f"{folder}: no such batch (run 'nnal query {experiment}' first)")
+        return folder
+    rounds = sorted((int(m.group(1)), p) for p in root.glob("round_*")
+                    if p.is_dir() and (m := ROUND_FOLDER.fullmatch(p.name)))
+    if not rounds:
+        raise AnnotationBatchError(f"{root}: no round_NNN batch to annotate (run 'nnal query {experiment}' first)")
+    ingested = _ingested_rounds(Path(experiment) / "annotations.json")
+    pending = [(r, p) for r, p in rounds if r not in ingested]
+    if not pending:
+        raise AnnotationBatchError(f"{root}: every batch has been ingested (run 'nnal query {experiment}' for the "
+                                   "next, or open one again with --round N)")
+    return pending[-1][1]
+
+
+def _ingested_rounds(record: Path) -> set[int]:
+    """The rounds ``nnal ingest`` recorded in annotations.json (``{"rounds": {"<r>": ...}}``); none if absent."""
+    if not record.is_file():
+        return set()
+    try:
+        rounds = json.loads(record.read_text()).get("rounds", {})
+        return {int(r) for r in rounds}
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise AnnotationBatchError(f"{record}: not a readable annotation record ({err})") from None
+
+
+def _read_bool(text: object, where: str) -> bool:
+    if isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS | FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise AnnotationBatchError(f"{where}: empty must be true or false, got {text!r}")
+
+
+def _read_int(value: object, where: str, field: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer() or number < 0:
+        raise AnnotationBatchError(f"{where}: {field} must be an integer >= 0, got {value!r}")
+    return int(number)
+
+
+def label_dtype(max_value: int) -> np.dtype:
+    """The smallest unsigned integer type holding every class value (NIfTI readers all know these three)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise AnnotationBatchError(f"label value {max_value} does not fit a 32-bit mask")
+
+
+class AnnotationBatch:
+    """A round's annotation folder: its manifest (rows, class names), the volumes, and the masks written back."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.manifest_json = self.folder / "manifest.json"
+        self.manifest_csv = self.folder / "manifest.csv"
+        if not self.manifest_json.is_file():
+            raise AnnotationBatchError(f"{self.manifest_json}: missing (is {self.folder} a batch from 'nnal query'?)")
+        try:
+            self.manifest = json.loads(self.manifest_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise AnnotationBatchError(f"{self.manifest_json}: not readable JSON ({err})") from None
+        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("rows"), list):
+            raise AnnotationBatchError(f"{self.manifest_json}: expected an object with a 'rows' list")
+        labels = self.manifest.get("labels")
+        if not isinstance(labels, dict) or not labels:
+            raise AnnotationBatchError(f"{self.manifest_json}: 'labels' must map class names to values")
+        self.labels = {str(name): _read_int(value, str(self.manifest_json), f"labels[{name!r}]")
+                       for name, value in labels.items()}
+        self.round = self.manifest.get("round")
+        self.dtype = label_dtype(max(self.labels.values()))
+        self.slices = self._read_rows()
+        self.empty = [_read_bool(row.get("empty", False), f"{self.manifest_json} row {i}")
+                      for i, row in enumerate(self.manifest["rows"])]
+        self._take_empty_flags_from_csv()
+        # visiting order: case by case, each case's slices in order, so a case is loaded once per pass
+        self.order = sorted(self.slices, key=lambda s: (s.case, s.axis, s.index, s.row))
+        self.cases = sorted({s.case for s in self.slices})
+        self._nonempty = {}  # (row) -> does the saved mask hold a label on that slice
+        for case in self.cases:
+            if self.mask_path(case).is_file():
+                self._note_saved(case, self.read_mask(case))
+
+    def _read_rows(self) -> list[SelectedSlice]:
+        out = []
+        for i, row in enumerate(self.manifest["rows"]):
+            where = f"{self.manifest_json} row {i}"
+            if not isinstance(row, dict) or not {"case", "axis", "slice"} <= row.keys():
+                raise AnnotationBatchError(f"{where}: expected case, axis and slice")
+            axis = _read_int(row["axis"], where, "axis")
+            if axis > 2:
+                raise AnnotationBatchError(f"{where}: axis must be 0, 1 or 2 (a 3D volume), got {axis}")
+            out.append(SelectedSlice(i, str(row["case"]), axis, _read_int(row["slice"], where, "slice")))
+        if not out:
+            raise AnnotationBatchError(f"{self.manifest_json}: no selected slices")
+        return out
+
+    def _take_empty_flags_from_csv(self) -> None:
+        """manifest.csv is the file a person may edit by hand (in a spreadsheet): its ``empty`` column wins."""
+        if not self.manifest_csv.is_file():
+            return
+        with open(self.manifest_csv, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if len(rows) != len(self.slices):
+            raise AnnotationBatchError(f"{self.manifest_csv}: {len(rows)} rows, manifest.json has {len(self.slices)}")
+        for s, row in zip(self.slices, rows, strict=True):
+            where = f"{self.manifest_csv} row {s.row}"
+            if (row.get("case"), _read_int(row.get("slice"), where, "slice")) != (s.case, s.index):
+                raise AnnotationBatchError(f"{where}: does not match manifest.json ({s.case}, slice {s.index})")
+            if "empty" in row:
+                self.empty[s.row] = _read_bool(row["empty"], where)
+
+    # --- files -------------------------------------------------------------------------------------------------
+
+    def channel_paths(self, case: str) -> list[Path]:
+        paths = sorted((self.folder / "images").glob(f"{case}_[0-9][0-9][0-9][0-9].nii.gz"))
+        if not paths:
+            raise AnnotationBatchError(f"{self.folder / 'images'}: no {case}_0000.nii.gz")
+        return paths
+
+    def mask_path(self, case: str) -> Path:
+        return self.folder / "masks" / f"{case}.nii.gz"
+
+    def start_path(self, case: str) -> Path:
+        """Where correcting ``case`` starts: the saved mask (work resumed) or else the pre-segmentation."""
+        saved = self.mask_path(case)
+        return saved if saved.is_file() else self.folder / "presegmentation" / f"{case}.nii.gz"
+
+    def read_channels(self, case: str) -> tuple[list[np.ndarray], tuple[float, ...]]:
+        """The case's channels as float32 arrays and its voxel spacing (mm, array order)."""
+        paths = self.channel_paths(case)
+        headers = [_load(p).header for p in paths]
+        shape = headers[0].get_data_shape()
+        for path, header in zip(paths, headers, strict=True):
+            if header.get_data_shape() != shape or len(shape) != 3:
+                raise AnnotationBatchError(f"{path}: shape {header.get_data_shape()}, expected a 3D volume like "
+                                           f"channel 0 {shape}")
+        spacing = tuple(float(z) for z in headers[0].get_zooms()[:3])
+        return [_voxels(p, np.float32) for p in paths], spacing
+
+    def read_mask(self, case: str) -> np.ndarray:
+        """The starting mask of ``case`` (see :meth:`start_path`), checked against the image's shape and labels."""
+        path = self.start_path(case)
+        if not path.is_file():
+            raise AnnotationBatchError(f"{path}: missing (neither a saved mask nor a pre-segmentation)")
+        data = _voxels(path)
+        expected = _load(self.channel_paths(case)[0]).shape
+        if data.shape != expected:
+            raise AnnotationBatchError(f"{path}: shape {data.shape}, the image has {expected}")
+        if not np.array_equal(data, np.round(data)) or (data.size and data.min() < 0):
+            raise AnnotationBatchError(f"{path}: labels must be whole numbers >= 0")
+        unknown = set(np.unique(data).astype(int).tolist()) - set(self.labels.values())
+        if unknown:
+            raise AnnotationBatchError(f"{path}: values {sorted(unknown)} are not classes of dataset.json "
+                                       f"{self.labels}")
+        return data.astype(self.dtype)
+
+    def save_mask(self, case: str, mask: np.ndarray) -> Path:
+        """Write ``masks/<case>.nii.gz`` atomically, in the image's geometry (affine, header) as integer labels."""
+        image = _load(self.channel_paths(case)[0])
+        mask = np.asarray(mask)
+        if mask.shape != image.shape:
+            raise ValueError(f"mask of {case} has shape {mask.shape}, the image has {image.shape}")
+        header = image.header.copy()
+        header.set_data_dtype(self.dtype)
+        header.set_slope_inter(1, 0)  # labels are stored as they are, never rescaled
+        out = nib.Nifti1Image(mask.astype(self.dtype), image.affine, header)
+        out.header["cal_min"], out.header["cal_max"] = 0, max(self.labels.values())
+        path = self.mask_path(case)
+        atomic_write_bytes(path, gzip.compress(out.to_bytes(), compresslevel=6, mtime=0))
+        self._note_saved(case, mask)
+        return path
+
+    def _note_saved(self, case: str, mask: np.ndarray) -> None:
+        for s in self.slices:
+            if s.case == case:
+                self._nonempty[s.row] = bool(np.take(mask, s.index, axis=s.axis).any())
+
+    # --- the manifest's empty flags and the progress ------------------------------------------------------------
+
+    def set_empty(self, selected: SelectedSlice, value: bool) -> None:
+        """Mark a slice left empty on purpose (or unmark it); manifest.csv and manifest.json are rewritten."""
+        self.empty[selected.row] = bool(value)
+        for row, flag in zip(self.manifest["rows"], self.empty, strict=True):
+            row["empty"] = flag
+        atomic_write_json(self.manifest_json, self.manifest)
+        if self.manifest_csv.is_file():
+            self._rewrite_csv()
+
+    def _rewrite_csv(self) -> None:
+        with open(self.manifest_csv, newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns, rows = list(reader.fieldnames or []), list(reader)
+        if "empty" not in columns:
+            columns.append("empty")
+        for row, flag in zip(rows, self.empty, strict=True):
+            row["empty"] = "True" if flag else "False"  # as pandas writes booleans
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.manifest_csv, text.getvalue())
+
+    def is_done(self, selected: SelectedSlice) -> bool:
+        """A slice is done when its saved mask holds a label there, or it is marked empty on purpose."""
+        return self.empty[selected.row] or self._nonempty.get(selected.row, False)
+
+    def done_count(self) -> int:
+        return sum(self.is_done(s) for s in self.slices)
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    """The header (the voxels stay on disk until :func:`_voxels`)."""
+    try:
+        return nib.load(str(path))
+    except UNREADABLE as err:
+        raise AnnotationBatchError(f"{path}: not a readable NIfTI file ({err})") from None
+
+
+def _voxels(path: Path, dtype=None) -> np.ndarray:
+    """The voxels read in full, so a truncated file fails here with its name, not later in the view."""
+    try:
+        data = np.asanyarray(_load(path).dataobj)
+    except UNREADABLE as err:
+        raise AnnotationBatchError(f"{path}: not a readable NIfTI file ({err})") from None
+    return data if dtype is None else data.astype(dtype)
+
+
+@dataclass
+class CaseVolumes:
+    """What the view shows of one case: its channels, spacing and the working copy of its mask."""
+
+    case: str
+    channels: list[np.ndarray]
+    spacing: tuple[float, ...]
+    mask: np.ndarray
+
+
+class CorrectionSession:
+    """Where the annotator is in the batch: the selected slice shown, the case loaded, and the moves between
+    them. A move into another case saves the case left; the view only draws what this object says."""
+
+    def __init__(self, batch: AnnotationBatch, *, position: int = 0):
+        self.batch = batch
+        if not 0 <= position < len(batch.order):
+            raise ValueError(f"position must be in 0..{len(batch.order) - 1}, got {position}")
+        self.position = position
+        self.volumes = self._load(self.current.case)
+        self._saved = self.volumes.mask.copy()  # what masks/ holds (or the starting mask): unsaved edits differ
+
+    @property
+    def current(self) -> SelectedSlice:
+        return self.batch.order[self.position]
+
+    def _load(self, case: str) -> CaseVolumes:
+        channels, spacing = self.batch.read_channels(case)
+        return CaseVolumes(case, channels, spacing, self.batch.read_mask(case))
+
+    def has_unsaved_changes(self) -> bool:
+        return not np.array_equal(self.volumes.mask, self._saved)
+
+    def save(self) -> Path:
+        path = self.batch.save_mask(self.volumes.case, self.volumes.mask)
+        self._saved = self.volumes.mask.copy()
+        return path
+
+    def move(self, step: int) -> bool:
+        """Go ``step`` selected slices on (negative: back), stopping at the batch's ends. Returns whether another
+        case was loaded (the one left is saved first)."""
+        position = min(max(self.position + step, 0), len(self.batch.order) - 1)
+        if position == self.position:
+            return False
+        self.position = position
+        if self.current.case == self.volumes.case:
+            return False
+        self.save()
+        self.volumes = self._load(self.current.case)
+        self._saved = self.volumes.mask.copy()
+        return True
+
+    def toggle_empty(self) -> bool:
+        """Flip the current slice's ``empty`` flag in the manifest; returns the new value."""
+        value = not self.batch.empty[self.current.row]
+        self.batch.set_empty(self.current, value)
+        return value
+
+    def status(self) -> str:
+        """One line: the case, the slice shown, ``slice k of n, d done`` and whether edits are unsaved."""
+        s, n = self.current, len(self.batch.order)
+        flags = [" (marked empty)" if self.batch.empty[s.row] else "",
+                 " (unsaved changes)" if self.has_unsaved_changes() else ""]
+        return (f"{s.case}, axis {s.axis} index {s.index}{''.join(flags)}: slice {self.position + 1} of {n}, "
+                f"{self.batch.done_count()} done")
+
+    def legend(self) -> list[tuple[int, str]]:
+        """(value, class name) pairs of dataset.json, by value."""
+        return sorted((v, k) for k, v in self.batch.labels.items())

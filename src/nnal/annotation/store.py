@@ -1,0 +1,82 @@
+"""The labels a person has given: per case a NIfTI volume on the raw image's grid, 0 where nothing is known.
+
+A case's known labels are its file from the latest ingested round that touched it, else its label file in the
+dataset (labels already present), else none. Each ingest writes new files under ``annotations/round_NNN/`` and
+then commits by rewriting ``annotations.json`` atomically: until that rename the new files are invisible (a killed
+ingest leaves the experiment as it was), and a committed round's files are never written again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from nnal.annotation.volumes import nifti_bytes
+from nnal.dataset import RawDataset
+from nnal.experiment import ExperimentFolder, atomic_write_bytes
+
+BATCH_COLUMNS = ["id", "case", "axis", "slice", "pool_slice", "world_axis", "world_mm", "score"]
+
+
+class AnnotationStore:
+    """Known labels per case, and which rounds' masks were ingested."""
+
+    def __init__(self, folder: ExperimentFolder, dataset: RawDataset):
+        self.folder = folder
+        self.dataset = dataset
+        self.cases = {case.name: case for case in dataset.cases}
+        self.record = folder.read_annotations()
+
+    def ingested_rounds(self) -> list[int]:
+        return sorted(int(r) for r in self.record["rounds"])
+
+    def ingested(self, round_: int) -> bool:
+        return str(round_) in self.record["rounds"]
+
+    def entry(self, round_: int) -> dict[str, Any]:
+        return self.record["rounds"][str(round_)]
+
+    def known_file(self, case: str) -> Path | None:
+        """The file holding the case's labels known now, or None when nothing is known of it."""
+        for r in reversed(self.ingested_rounds()):
+            if case in self.entry(r)["cases"]:
+                return self.folder.annotation_file(r, case)
+        return self.cases[case].label
+
+    def annotated_cases(self) -> list[str]:
+        """Cases with labels from an ingest (not those whose labels the dataset brought)."""
+        return sorted({case for r in self.ingested_rounds() for case in self.entry(r)["cases"]})
+
+    def known_labels(self, case: str) -> np.ndarray | None:
+        path = self.known_file(case)
+        return None if path is None else np.asarray(nib.load(str(path)).dataobj)
+
+    def image(self, case: str) -> nib.Nifti1Image:
+        """The case's (first) image: the grid every label volume of the case lies on."""
+        return nib.load(str(self.cases[case].images[0]))
+
+    def known_or_blank(self, case: str) -> np.ndarray:
+        known = self.known_labels(case)
+        return np.zeros(self.image(case).shape[:3], dtype=np.uint8) if known is None else known
+
+    def batch(self, round_: int) -> pd.DataFrame:
+        """The round's selected slices located in the raw arrays (written when the batch was exported)."""
+        return pd.read_csv(self.folder.batch_file(round_), dtype={"case": str})
+
+    def commit(self, round_: int, volumes: Mapping[str, np.ndarray], entry: Mapping[str, Any],
+               on_file_written=None) -> None:
+        """Write the round's volumes, then record the round: the record's atomic rewrite is the commit."""
+        if self.ingested(round_):
+            raise RuntimeError(f"round {round_} is ingested already; its annotations are never rewritten")
+        for case in sorted(volumes):
+            atomic_write_bytes(self.folder.annotation_file(round_, case), nifti_bytes(volumes[case], self.image(case)))
+            if on_file_written is not None:
+                on_file_written(case)
+        record = {"rounds": {**self.record["rounds"], str(round_): {**entry, "cases": sorted(volumes)}}}
+        self.folder.write_annotations(record)
+        self.record = record
