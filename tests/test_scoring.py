@@ -100,3 +100,47 @@ def test_mc_passes_stacked_in_one_forward_are_dropout_samples():
         assert all(not torch.equal(probs[t], probs[t + 1]) for t in range(5))
         assert (probs - deterministic).abs().mean() < 0.2  # samples around the deterministic prediction
     set_dropout(net, False)
+
+
+@torch.inference_mode()
+def test_packed_dropout_drops_at_rate_p_and_keeps_the_expectation():
+    from nnal.backend.inference import packed_dropout
+
+    x = torch.ones(400, 50, 50)  # 1e6 draws: the drop rate's standard error is 3e-4
+    torch.manual_seed(0)
+    for p in (0.01, 0.1, 0.5):
+        out = packed_dropout(x, p)
+        dropped = (out == 0).float().mean().item()
+        assert abs(dropped - p) < 5 * (p * (1 - p) / x.numel()) ** 0.5 + 1 / 65536
+        torch.testing.assert_close(out[out != 0], torch.full_like(out[out != 0], 1 / (1 - p)))
+        assert abs(out.mean().item() - 1) < 0.01
+    # independent draws: two calls differ, the same seed repeats
+    torch.manual_seed(3)
+    a = packed_dropout(x, 0.1)
+    b = packed_dropout(x, 0.1)
+    torch.manual_seed(3)
+    assert not torch.equal(a, b) and torch.equal(a, packed_dropout(x, 0.1))
+    assert torch.equal(packed_dropout(x, 0.0), x) and torch.equal(packed_dropout(x, 1.0), torch.zeros_like(x))
+
+
+@torch.inference_mode()
+def test_packed_dropout_replaces_element_dropout_only_while_active():
+    from nnal.backend.inference import set_dropout, use_packed_dropout
+
+    net = small_unet(torch.nn.Dropout)
+    batch = torch.randn(4, 1, 16, 12, generator=torch.Generator().manual_seed(1))
+    deterministic = net(batch)
+    use_packed_dropout(net, True)
+    torch.testing.assert_close(net(batch), deterministic)  # eval mode: no dropout
+    set_dropout(net, True)
+    torch.manual_seed(2)
+    packed = net(batch)
+    use_packed_dropout(net, False)
+    torch.manual_seed(2)
+    native = net(batch)
+    set_dropout(net, False)
+    assert not torch.equal(packed, native)  # another draw: the packed one ran
+    assert all("forward" not in m.__dict__ for m in net.modules())  # restored
+    channel = small_unet(torch.nn.Dropout2d)
+    use_packed_dropout(channel, True)
+    assert all("forward" not in m.__dict__ for m in channel.modules())  # channel dropout is left alone

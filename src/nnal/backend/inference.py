@@ -37,6 +37,36 @@ def set_dropout(net: torch.nn.Module, active: bool) -> None:
             module.train(active)
 
 
+# drop when a 16-bit draw falls below round(p * 2**16): p is kept to within 1/131072 (0.1 -> 0.100006)
+_DRAW_LEVELS = 1 << 16
+
+
+def packed_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Element-wise dropout, as ``nn.Dropout`` in train mode, drawing each keep/drop decision from 16 bits of a
+    64-bit random word: a quarter of the draws of torch's CPU dropout, which draws one float per element and costs
+    more than the convolution before it (145 ms against 132 ms on a 128x32x56x40 map, 2 cores)."""
+    if p <= 0:
+        return x
+    if p >= 1:
+        return torch.zeros_like(x)
+    n = x.numel()
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+    draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
+    threshold = -(_DRAW_LEVELS // 2) + round(p * _DRAW_LEVELS)
+    return x.masked_fill(draws < threshold, 0).mul_(1.0 / (1.0 - p))
+
+
+def use_packed_dropout(net: torch.nn.Module, active: bool) -> None:
+    """Let every element-wise dropout module of ``net`` draw through :func:`packed_dropout` (MC scoring on the
+    CPU, where torch's own dropout is the bottleneck; CUDA's fused dropout is cheap and stays), or restore it."""
+    for module in net.modules():
+        if type(module) is torch.nn.Dropout:
+            if active:
+                module.forward = lambda x, m=module: packed_dropout(x, m.p) if m.training else x
+            else:
+                module.__dict__.pop("forward", None)
+
+
 def set_dropout_p(net: torch.nn.Module, p: float) -> None:
     """Set the probability of every dropout module (MC scoring raises the training p on the same modules)."""
     for module in net.modules():

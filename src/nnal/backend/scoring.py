@@ -13,7 +13,14 @@ import numpy as np
 import torch
 
 from nnal.backend.gradients import head_gradient_embeddings, per_sample_gradients, per_sample_square_sums
-from nnal.backend.inference import centred_window, load_volume, padded_shape, set_dropout, total_stride
+from nnal.backend.inference import (
+    centred_window,
+    load_volume,
+    padded_shape,
+    set_dropout,
+    total_stride,
+    use_packed_dropout,
+)
 from nnal.backend.planning import CONFIGURATION
 
 MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty", "class_variance"})
@@ -186,6 +193,7 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
     else:
         hooks_head = None
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    use_packed_dropout(net, device.type == "cpu")
     try:
         for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
             batch, mask = batch.to(device), mask.to(device)
@@ -225,6 +233,7 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
             if h is not None:
                 h.remove()
         set_dropout(net, False)
+        use_packed_dropout(net, False)
     return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
 
 
