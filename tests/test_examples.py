@@ -35,3 +35,28 @@ def test_appendix_d_covers_query_modes_sizes_and_eta():
     assert {o["eta"] for o in options if "eta" in o} == {0.0, 1.0, 10.0, 100.0}
     names = [c.experiment for c in configs]
     assert len(set(names)) == len(names)
+
+
+def _gpu_hours_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_hours.py"
+    spec = importlib.util.spec_from_file_location("gpu_hours", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_hours_counts_the_paper_grid_trainings_and_fits_seconds_per_iteration(monkeypatch):
+    gpu_hours = _gpu_hours_module()
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    trainings = gpu_hours.grid_trainings(Path("examples/hippocampus-paper.yaml"))
+    kinds = [what for what, _ in trainings]
+    # 9 strategies x 2 folds x 12 rounds; one round 0 per fold (seed 0), shared; the full reference per fold
+    assert (kinds.count("round 0"), kinds.count("fine-tuning round"), kinds.count("full reference")) == (2, 216, 2)
+    assert {n for _, n in trainings} == {300 * 250}
+    # seconds = 3 + 0.05 x iterations, measured on rounds of 500 and 200 iterations
+    measured = {"config": {"epochs_initial": 10, "epochs_per_round": 4, "iterations_per_epoch": 50},
+                "seconds_per_phase": {"0": {"train": 28.0}, "1": {"train": 13.0}, "2": {"train": 13.0}}}
+    start, per_iteration = gpu_hours.per_iteration_fit(measured)
+    assert abs(start - 3.0) < 1e-9 and abs(per_iteration - 0.05) < 1e-12
