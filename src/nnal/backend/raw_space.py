@@ -47,19 +47,24 @@ def labels_digest(labels: np.ndarray) -> str:
                           + str(labels.shape).encode()).hexdigest()
 
 
-def write_labels(plans: dict, dataset_json: dict, raw: Path, folder: Path, case: str, labels: np.ndarray,
-                 affine: np.ndarray) -> bool:
+def write_labels(plans: dict, dataset_json: dict, raw: Path, folder: Path, work: Path, case: str,
+                 labels: np.ndarray, affine: np.ndarray) -> bool:
     """Make ``labels`` (a NIfTI-array volume, 0 where nothing is known) the case's preprocessed segmentation, as
-    nnU-Net's preprocessor would have made it from a raw label file holding them; False when it already is."""
+    nnU-Net's preprocessor would have made it from a raw label file holding them; False when it already is.
+
+    ``work`` (same file system, outside nnU-Net's folders, which must hold nothing but nnU-Net's files) keeps a
+    digest of the labels each case's segmentation was made from, and the temp file renamed into place."""
     import nibabel as nib
 
-    marker = folder / f"{case}.nnal_labels"
+    work.mkdir(parents=True, exist_ok=True)
+    marker = work / f"{case}.sha256"
     digest = labels_digest(labels)
     if marker.is_file() and marker.read_text().strip() == digest:
         return False
     label_file = raw / "labelsTr" / f"{case}.nii.gz"
-    tmp_label = label_file.with_name(f".{case}.nnal.nii.gz")
-    nib.save(nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), affine), str(tmp_label))
+    tmp_label = work / f"{case}.tmp.nii.gz"
+    dtype = np.uint8 if int(np.max(labels, initial=0)) < 256 else np.uint16
+    nib.save(nib.Nifti1Image(np.asarray(labels, dtype=dtype), affine), str(tmp_label))
     os.replace(tmp_label, label_file)  # a dataset label's symlink is replaced by the file, never written through
     manager = PlansManager(plans)
     configuration = manager.get_configuration(CONFIGURATION)
@@ -68,7 +73,7 @@ def write_labels(plans: dict, dataset_json: dict, raw: Path, folder: Path, case:
     _, seg, _ = DefaultPreprocessor(verbose=False).run_case(images, str(label_file), manager, configuration,
                                                            dataset_json)
     seg = np.ascontiguousarray(seg.astype(np.int16, copy=False))  # as run_case_save stores it
-    tmp = folder / f".{case}_seg.nnal.b2nd"
+    tmp = work / f"{case}_seg.tmp.b2nd"
     if tmp.exists():
         tmp.unlink()
     blocks, chunks = comp_blosc2_params(seg.shape, tuple(configuration.patch_size), seg.itemsize)

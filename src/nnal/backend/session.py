@@ -105,7 +105,7 @@ class Backend:
         """Make the case's known labels (NIfTI array, 0 where none is known) what training reads; False if they
         already are."""
         return raw_space.write_labels(self.plans, self.dataset_json, self.root / "raw" / self.folder_name,
-                                      self.folder, case, labels, affine)
+                                      self.folder, self.root / "nnal_labels", case, labels, affine)
 
     def predict_raw(self, weights: Mapping[str, torch.Tensor], case: str, slices: np.ndarray,
                     batch_size: int = 128) -> np.ndarray:
