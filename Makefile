@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnal-installed
+VIEWER := $(VENV)/.nnal-annotate-installed
 ARCH   := $(shell uname -m)
 # nnunetv2 pulls torchvision; these pairs import together (x86_64: the CUDA build, which also runs on CPU)
 ifeq ($(ARCH),aarch64)
@@ -10,7 +11,7 @@ else
 TORCH  := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup demo test lint bench clean chromium
+.PHONY: setup demo test lint bench clean chromium xvfb
 
 setup: $(STAMP)
 
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# the optional extra of `nnal annotate` (napari, Qt): the tests need it, the demo does not
+$(VIEWER): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,annotate]'
+	touch $(VIEWER)
+
 demo: setup
 	$(VENV)/bin/nnal demo --output demo-output
 
@@ -28,7 +34,13 @@ demo: setup
 chromium:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: setup chromium
+# the annotate view test runs napari on Qt's offscreen platform, which takes OpenGL from an X server: Xvfb with
+# Mesa's software GL (the test starts its own), and the libraries Qt's wheels link against
+xvfb:
+	command -v Xvfb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq xvfb libgl1 libglx-mesa0 \
+		libgl1-mesa-dri libegl1 libfontconfig1 libfreetype6 libglib2.0-0 libdbus-1-3 libxkbcommon0 >/dev/null)
+
+test: setup $(VIEWER) chromium xvfb
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(VENV)/bin/ruff check src tests benchmarks
 

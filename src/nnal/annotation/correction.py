@@ -6,15 +6,15 @@ here is tested without Qt. The folder is the one ``nnal query DIR`` writes::
 
     DIR/annotate/round_NNN/
       images/<case>_0000.nii.gz   one file per channel, the case's original geometry
-      presegmentation/<case>.nii.gz   labels known so far + the model's prediction on the selected slices
+      labels/<case>.nii.gz        the labels known so far (``nnal ingest`` refuses changes outside the batch)
+      presegmentation/<case>.nii.gz   the known labels + the model's prediction on the selected slices
       masks/<case>.nii.gz          the corrected full-volume masks (written here; ``nnal ingest DIR`` reads them)
-      manifest.csv, manifest.json  one row per selected slice: case, axis, slice, world_mm, score, empty
+      manifest.csv, manifest.json  one row per selected slice: case, axis, slice, world_mm, score, empty, id
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import re
@@ -24,13 +24,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from nnal.annotation.ingest import TRUE_WORDS
+from nnal.annotation.volumes import Unreadable, index_along, label_dtype, nifti_bytes, read_volume
 from nnal.dataset import UNREADABLE
 from nnal.errors import NnalError
 from nnal.experiment import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 ROUND_FOLDER = re.compile(r"round_(\d{3,})")
-TRUE_WORDS = frozenset({"true", "1", "yes"})
-FALSE_WORDS = frozenset({"false", "0", "no", ""})
 
 
 class AnnotationBatchError(NnalError, ValueError):
@@ -41,7 +41,7 @@ class AnnotationBatchError(NnalError, ValueError):
 class SelectedSlice:
     """One manifest row: slice ``index`` along array ``axis`` of ``case`` (nibabel's array order)."""
 
-    row: int  # position in the manifest's rows, the key for its ``empty`` flag
+    row: int  # position in the manifest's slice list, the key for its ``empty`` flag
     case: str
     axis: int
     index: int
@@ -80,13 +80,11 @@ def _ingested_rounds(record: Path) -> set[int]:
         raise AnnotationBatchError(f"{record}: not a readable annotation record ({err})") from None
 
 
-def _read_bool(text: object, where: str) -> bool:
-    if isinstance(text, bool):
-        return text
-    word = str(text).strip().lower()
-    if word in TRUE_WORDS | FALSE_WORDS:
-        return word in TRUE_WORDS
-    raise AnnotationBatchError(f"{where}: empty must be true or false, got {text!r}")
+def _read_flag(value: object) -> bool:
+    """An ``empty`` cell read as ``nnal ingest`` reads it (true, 1, yes, y, x; anything else is false)."""
+    if isinstance(value, bool | int | float):
+        return value == 1
+    return str(value).strip().lower() in TRUE_WORDS
 
 
 def _read_int(value: object, where: str, field: str) -> int:
@@ -97,14 +95,6 @@ def _read_int(value: object, where: str, field: str) -> int:
     if isinstance(value, bool) or not number.is_integer() or number < 0:
         raise AnnotationBatchError(f"{where}: {field} must be an integer >= 0, got {value!r}")
     return int(number)
-
-
-def label_dtype(max_value: int) -> np.dtype:
-    """The smallest unsigned integer type holding every class value (NIfTI readers all know these three)."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if max_value <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise AnnotationBatchError(f"label value {max_value} does not fit a 32-bit mask")
 
 
 class AnnotationBatch:
@@ -120,30 +110,29 @@ class AnnotationBatch:
             self.manifest = json.loads(self.manifest_json.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise AnnotationBatchError(f"{self.manifest_json}: not readable JSON ({err})") from None
-        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("rows"), list):
-            raise AnnotationBatchError(f"{self.manifest_json}: expected an object with a 'rows' list")
+        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("slices"), list):
+            raise AnnotationBatchError(f"{self.manifest_json}: expected an object with a 'slices' list")
         labels = self.manifest.get("labels")
         if not isinstance(labels, dict) or not labels:
             raise AnnotationBatchError(f"{self.manifest_json}: 'labels' must map class names to values")
         self.labels = {str(name): _read_int(value, str(self.manifest_json), f"labels[{name!r}]")
                        for name, value in labels.items()}
         self.round = self.manifest.get("round")
-        self.dtype = label_dtype(max(self.labels.values()))
+        self.dtype = np.dtype(label_dtype(np.array(list(self.labels.values()))))
         self.slices = self._read_rows()
-        self.empty = [_read_bool(row.get("empty", False), f"{self.manifest_json} row {i}")
-                      for i, row in enumerate(self.manifest["rows"])]
+        self.empty = [_read_flag(row.get("empty", False)) for row in self.manifest["slices"]]
         self._take_empty_flags_from_csv()
         # visiting order: case by case, each case's slices in order, so a case is loaded once per pass
         self.order = sorted(self.slices, key=lambda s: (s.case, s.axis, s.index, s.row))
         self.cases = sorted({s.case for s in self.slices})
-        self._nonempty = {}  # (row) -> does the saved mask hold a label on that slice
+        self._nonempty: dict[int, bool] = {}  # manifest row -> does the saved mask hold a label on that slice
         for case in self.cases:
             if self.mask_path(case).is_file():
                 self._note_saved(case, self.read_mask(case))
 
     def _read_rows(self) -> list[SelectedSlice]:
         out = []
-        for i, row in enumerate(self.manifest["rows"]):
+        for i, row in enumerate(self.manifest["slices"]):
             where = f"{self.manifest_json} row {i}"
             if not isinstance(row, dict) or not {"case", "axis", "slice"} <= row.keys():
                 raise AnnotationBatchError(f"{where}: expected case, axis and slice")
@@ -156,7 +145,8 @@ class AnnotationBatch:
         return out
 
     def _take_empty_flags_from_csv(self) -> None:
-        """manifest.csv is the file a person may edit by hand (in a spreadsheet): its ``empty`` column wins."""
+        """manifest.csv is the file a person edits by hand: a slice marked empty in either file is empty, as for
+        ``nnal ingest``."""
         if not self.manifest_csv.is_file():
             return
         with open(self.manifest_csv, newline="") as fh:
@@ -167,8 +157,7 @@ class AnnotationBatch:
             where = f"{self.manifest_csv} row {s.row}"
             if (row.get("case"), _read_int(row.get("slice"), where, "slice")) != (s.case, s.index):
                 raise AnnotationBatchError(f"{where}: does not match manifest.json ({s.case}, slice {s.index})")
-            if "empty" in row:
-                self.empty[s.row] = _read_bool(row["empty"], where)
+            self.empty[s.row] = self.empty[s.row] or _read_flag(row.get("empty", ""))
 
     # --- files -------------------------------------------------------------------------------------------------
 
@@ -219,17 +208,29 @@ class AnnotationBatch:
         """Write ``masks/<case>.nii.gz`` atomically, in the image's geometry (affine, header) as integer labels."""
         image = _load(self.channel_paths(case)[0])
         mask = np.asarray(mask)
-        if mask.shape != image.shape:
-            raise ValueError(f"mask of {case} has shape {mask.shape}, the image has {image.shape}")
-        header = image.header.copy()
-        header.set_data_dtype(self.dtype)
-        header.set_slope_inter(1, 0)  # labels are stored as they are, never rescaled
-        out = nib.Nifti1Image(mask.astype(self.dtype), image.affine, header)
-        out.header["cal_min"], out.header["cal_max"] = 0, max(self.labels.values())
+        if mask.shape != image.shape[:3]:
+            raise ValueError(f"mask of {case} has shape {mask.shape}, the image has {image.shape[:3]}")
         path = self.mask_path(case)
-        atomic_write_bytes(path, gzip.compress(out.to_bytes(), compresslevel=6, mtime=0))
+        # the bytes ``nnal query`` and ``nnal ingest`` write too: the image's affine, qform, sform and units
+        atomic_write_bytes(path, nifti_bytes(mask.astype(self.dtype), image))
         self._note_saved(case, mask)
         return path
+
+    def changed_outside_batch(self, case: str, mask: np.ndarray) -> list[int]:
+        """Slices (along the case's axis) that are not in the batch yet differ from the labels known so far
+        (``labels/<case>.nii.gz``): ``nnal ingest`` refuses such a mask, earlier annotations are never changed."""
+        known_path = self.folder / "labels" / f"{case}.nii.gz"
+        rows = [s for s in self.slices if s.case == case]
+        if not known_path.is_file() or not rows:
+            return []
+        known = _voxels(known_path)
+        if known.shape != mask.shape:
+            raise AnnotationBatchError(f"{known_path}: shape {known.shape}, the image has {mask.shape}")
+        changed = np.asarray(mask) != known
+        for s in rows:
+            changed[index_along(s.axis, s.index)] = False
+        axis = rows[0].axis
+        return np.flatnonzero(np.moveaxis(changed, axis, 0).reshape(changed.shape[axis], -1).any(axis=1)).tolist()
 
     def _note_saved(self, case: str, mask: np.ndarray) -> None:
         for s in self.slices:
@@ -241,7 +242,7 @@ class AnnotationBatch:
     def set_empty(self, selected: SelectedSlice, value: bool) -> None:
         """Mark a slice left empty on purpose (or unmark it); manifest.csv and manifest.json are rewritten."""
         self.empty[selected.row] = bool(value)
-        for row, flag in zip(self.manifest["rows"], self.empty, strict=True):
+        for row, flag in zip(self.manifest["slices"], self.empty, strict=True):
             row["empty"] = flag
         atomic_write_json(self.manifest_json, self.manifest)
         if self.manifest_csv.is_file():
@@ -270,19 +271,21 @@ class AnnotationBatch:
 
 
 def _load(path: Path) -> nib.Nifti1Image:
-    """The header (the voxels stay on disk until :func:`_voxels`)."""
+    """The header only (the voxels stay on disk until :func:`_voxels`)."""
+    if not path.is_file():
+        raise AnnotationBatchError(f"{path}: missing")
     try:
         return nib.load(str(path))
     except UNREADABLE as err:
-        raise AnnotationBatchError(f"{path}: not a readable NIfTI file ({err})") from None
+        raise AnnotationBatchError(f"{path}: not a readable NIfTI file ({err.__class__.__name__})") from None
 
 
 def _voxels(path: Path, dtype=None) -> np.ndarray:
     """The voxels read in full, so a truncated file fails here with its name, not later in the view."""
     try:
-        data = np.asanyarray(_load(path).dataobj)
-    except UNREADABLE as err:
-        raise AnnotationBatchError(f"{path}: not a readable NIfTI file ({err})") from None
+        data = read_volume(path)[1]
+    except Unreadable as err:
+        raise AnnotationBatchError(f"{path}: {err}") from None
     return data if dtype is None else data.astype(dtype)
 
 
@@ -307,6 +310,7 @@ class CorrectionSession:
         self.position = position
         self.volumes = self._load(self.current.case)
         self._saved = self.volumes.mask.copy()  # what masks/ holds (or the starting mask): unsaved edits differ
+        self.warning = ""  # about the last save: slices changed outside the batch, which ingest refuses
 
     @property
     def current(self) -> SelectedSlice:
@@ -320,8 +324,12 @@ class CorrectionSession:
         return not np.array_equal(self.volumes.mask, self._saved)
 
     def save(self) -> Path:
-        path = self.batch.save_mask(self.volumes.case, self.volumes.mask)
-        self._saved = self.volumes.mask.copy()
+        case, mask = self.volumes.case, self.volumes.mask
+        path = self.batch.save_mask(case, mask)
+        self._saved = mask.copy()
+        outside = self.batch.changed_outside_batch(case, mask)
+        self.warning = (f"{case}: slice(s) {', '.join(map(str, outside))} outside the batch differ from the labels "
+                        "known so far; nnal ingest will refuse the mask until they are undone") if outside else ""
         return path
 
     def move(self, step: int) -> bool:

@@ -68,7 +68,7 @@ class AnnotateView:
 
     def save(self) -> Path:
         path = self.session.save()
-        self._update_panel(f"saved {path.name}")
+        self._update_panel(self.session.warning or f"saved {path.name}")
         return path
 
     def empty(self) -> None:
@@ -77,16 +77,16 @@ class AnnotateView:
 
     def _move(self, step: int) -> None:
         before = self.session.position
-        if self.session.move(step):
-            self._show_case()
-        else:
-            self._go_to_slice()
-        note = "" if self.session.position != before else ("end of the batch" if step > 0 else "first slice")
-        self._update_panel(note)
+        if self.session.move(step):  # into another case, the one left saved
+            self._show_case(note=self.session.warning)
+            return
+        self._go_to_slice()
+        self._update_panel("" if self.session.position != before else
+                           ("end of the batch" if step > 0 else "first selected slice"))
 
     # --- drawing ---------------------------------------------------------------------------------------------------
 
-    def _show_case(self) -> None:
+    def _show_case(self, *, note: str = "") -> None:
         """Replace the layers by the loaded case's channels and its mask (the array the session saves)."""
         volumes = self.session.volumes
         self.viewer.layers.clear()
@@ -101,7 +101,7 @@ class AnnotateView:
         layer.selected_label = next((v for v, _ in legend if v > 0), 1)
         self.viewer.layers.selection.active = layer
         self._go_to_slice()
-        self._update_panel()
+        self._update_panel(note)
 
     def _go_to_slice(self) -> None:
         """napari shows the last two axes of ``dims.order``: the slicing axis goes first, stepped by the slider."""
