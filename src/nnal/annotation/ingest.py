@@ -128,10 +128,12 @@ def _manifest_empty(where: Path, batch: pd.DataFrame, round_: int) -> set[int]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError, pd.errors.ParserError) as err:
             raise IngestError([f"{path}: unreadable manifest ({err.__class__.__name__}); export it again with "
                                "'nnal query'"]) from None
-        if set(listed) != expected:
-            odd = sorted(set(listed) ^ expected)[0]
-            raise IngestError([f"{path}: lists other slices than round {round_}'s batch (case {odd[0]}, slice "
-                               f"{odd[2]}); only the 'empty' column is yours to change"])
+        extra, missing = sorted(set(listed) - expected), sorted(expected - set(listed))
+        if extra or missing:
+            what = (f"lists case {extra[0][0]} slice {extra[0][2]}, which is not in round {round_}'s batch" if extra
+                    else f"leaves out case {missing[0][0]} slice {missing[0][2]} of round {round_}'s batch")
+            raise IngestError([f"{path}: {what}; only the 'empty' column is yours to change (slice "
+                               f"{(extra or missing)[0][2]})"])
         empty |= {int(by_location[key]) for key, flag in listed.items() if _true(flag)}
     if not found:
         raise IngestError([f"{where / 'manifest.csv'}: missing; export the batch again with 'nnal query'"])
