@@ -38,7 +38,7 @@ chromium:
 # Mesa's software GL (the test starts its own), and the libraries Qt's wheels link against
 xvfb:
 	command -v Xvfb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq xvfb libgl1 libglx-mesa0 \
-		libgl1-mesa-dri libegl1 libfontconfig1 libfreetype6 libglib2.0-0 libdbus-1-3 libxkbcommon0 >/dev/null)
+		libgl1-mesa-dri libegl1 libx11-6 libfontconfig1 libfreetype6 libglib2.0-0 libdbus-1-3 libxkbcommon0 >/dev/null)
 
 test: setup $(VIEWER) chromium xvfb
 	$(PY) -m pytest -q -p no:cacheprovider

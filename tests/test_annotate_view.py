@@ -142,7 +142,7 @@ def test_progress_counts_saved_slices_and_those_marked_empty(batch_folder):
     np.testing.assert_array_equal(reopened.volumes.mask[..., 6], _truth("case_000")[..., 6])
 
 
-def test_a_save_says_which_slices_outside_the_batch_were_changed(batch_folder):
+def test_a_save_warns_of_what_ingest_would_refuse(batch_folder):
     session = CorrectionSession(AnnotationBatch(batch_folder))
     session.volumes.mask[..., 3] = _truth("case_000")[..., 3]
     session.save()
@@ -150,6 +150,12 @@ def test_a_save_says_which_slices_outside_the_batch_were_changed(batch_folder):
     session.volumes.mask[2, 2, 8] = 1  # a stray stroke on slice 8, which is not in the batch
     session.save()
     assert "slice(s) 8 outside the batch" in session.warning and "ingest will refuse" in session.warning
+    session.volumes.mask[2, 2, 8] = 0
+    session.volumes.mask[5, 5, 3] = 3  # napari's "new label": no class of dataset.json
+    session.save()
+    assert session.warning == ("case_000: label value(s) 3 are no class of dataset.json; nnal ingest will refuse "
+                               "the mask")
+    assert CorrectionSession(AnnotationBatch(batch_folder)).volumes.mask[5, 5, 3] == 3  # reopens, to be undone
 
 
 def test_a_batch_that_cannot_be_read_is_one_line_naming_the_file(batch_folder):
@@ -301,3 +307,20 @@ def test_a_batch_from_nnal_query_corrected_in_the_view_is_accepted_by_nnal_inges
     result = run_cli(["ingest", experiment])
     assert result.exit_code == 0, result.output
     assert "round 1: ingested 3 slices" in result.stdout
+
+
+def test_the_command_saves_edits_left_unsaved_when_the_window_closes(batch_folder, gl_display, monkeypatch):
+    napari = pytest.importorskip("napari", reason="the annotate extra is not installed: pip install 'nnal[annotate]'")
+
+    def a_person_paints_then_closes_the_window() -> None:  # in place of napari's event loop
+        viewer = napari.current_viewer()
+        viewer.layers["mask"].data[..., 3] = _truth("case_000")[..., 3]
+        viewer.close()
+
+    monkeypatch.setattr(napari, "run", a_person_paints_then_closes_the_window)
+    result = run_cli(["annotate", batch_folder.parents[1]])
+    assert result.exit_code == 0, result.output
+    # slice 3 painted, slice 6 labeled by the pre-segmentation: both saved with labels
+    assert "2 of 3 slices done" in result.stdout and "nnal ingest" in result.stdout
+    saved = nib.load(batch_folder / "masks" / "case_000.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj)[..., 3], _truth("case_000")[..., 3])

@@ -198,11 +198,14 @@ class AnnotationBatch:
             raise AnnotationBatchError(f"{path}: shape {data.shape}, the image has {expected}")
         if not np.array_equal(data, np.round(data)) or (data.size and data.min() < 0):
             raise AnnotationBatchError(f"{path}: labels must be whole numbers >= 0")
-        unknown = set(np.unique(data).astype(int).tolist()) - set(self.labels.values())
-        if unknown:
-            raise AnnotationBatchError(f"{path}: values {sorted(unknown)} are not classes of dataset.json "
-                                       f"{self.labels}")
-        return data.astype(self.dtype)
+        if data.size and data.max() > np.iinfo(np.uint16).max:
+            raise AnnotationBatchError(f"{path}: label value {int(data.max())} is far beyond the classes of "
+                                       f"dataset.json {self.labels}")
+        # a value that is no class (napari's "new label") is kept, to be seen and undone; a save warns of it
+        return data.astype(self._dtype_for(data))
+
+    def _dtype_for(self, mask: np.ndarray) -> np.dtype:
+        return np.promote_types(self.dtype, label_dtype(mask))
 
     def save_mask(self, case: str, mask: np.ndarray) -> Path:
         """Write ``masks/<case>.nii.gz`` atomically, in the image's geometry (affine, header) as integer labels."""
@@ -212,7 +215,7 @@ class AnnotationBatch:
             raise ValueError(f"mask of {case} has shape {mask.shape}, the image has {image.shape[:3]}")
         path = self.mask_path(case)
         # the bytes ``nnal query`` and ``nnal ingest`` write too: the image's affine, qform, sform and units
-        atomic_write_bytes(path, nifti_bytes(mask.astype(self.dtype), image))
+        atomic_write_bytes(path, nifti_bytes(mask.astype(self._dtype_for(mask)), image))
         self._note_saved(case, mask)
         return path
 
@@ -310,7 +313,7 @@ class CorrectionSession:
         self.position = position
         self.volumes = self._load(self.current.case)
         self._saved = self.volumes.mask.copy()  # what masks/ holds (or the starting mask): unsaved edits differ
-        self.warning = ""  # about the last save: slices changed outside the batch, which ingest refuses
+        self.warning = ""  # about the last save: what nnal ingest would refuse in it
 
     @property
     def current(self) -> SelectedSlice:
@@ -328,8 +331,12 @@ class CorrectionSession:
         path = self.batch.save_mask(case, mask)
         self._saved = mask.copy()
         outside = self.batch.changed_outside_batch(case, mask)
-        self.warning = (f"{case}: slice(s) {', '.join(map(str, outside))} outside the batch differ from the labels "
-                        "known so far; nnal ingest will refuse the mask until they are undone") if outside else ""
+        # napari's "new label" key paints the next free value: not a class of dataset.json
+        undeclared = sorted(set(np.flatnonzero(np.bincount(mask.ravel()))) - set(self.batch.labels.values()))
+        problems = ([f"slice(s) {', '.join(map(str, outside))} outside the batch differ from the labels known so far"]
+                    if outside else []) + ([f"label value(s) {', '.join(map(str, undeclared))} are no class of "
+                                            "dataset.json"] if undeclared else [])
+        self.warning = f"{case}: {'; '.join(problems)}; nnal ingest will refuse the mask" if problems else ""
         return path
 
     def move(self, step: int) -> bool:

@@ -40,12 +40,14 @@ class AnnotateView:
     manifest's slicing axis, key bindings, and a dock with the class names, the progress and the keys."""
 
     def __init__(self, viewer, session: CorrectionSession):
+        from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QLabel
 
         self.viewer = viewer
         self.session = session
         self.panel = QLabel()
         self.panel.setWordWrap(True)
+        self.panel.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         viewer.window.add_dock_widget(self.panel, name="nnal annotate", area="right")
         for action, key in KEYS.items():
             viewer.bind_key(key, self._key_handler(action), overwrite=True)
@@ -106,6 +108,7 @@ class AnnotateView:
     def _go_to_slice(self) -> None:
         """napari shows the last two axes of ``dims.order``: the slicing axis goes first, stepped by the slider."""
         current = self.session.current
+        self.viewer.dims.axis_labels = [f"axis {a}" for a in range(3)]  # as the manifest counts them
         self.viewer.dims.order = (current.axis, *[a for a in range(3) if a != current.axis])
         self.viewer.dims.set_current_step(current.axis, current.index)
         self.viewer.reset_view()
@@ -120,7 +123,7 @@ class AnnotateView:
             swatch = f'<span style="color: rgb({r},{g},{b})">&#9632;</span>' if value else "&#9633;"
             rows.append(f"{swatch} {value}: {html.escape(name)}")
         keys = ", ".join(f"<b>{key}</b> {action}" for action, key in KEYS.items())
-        folder = self.session.batch.folder
+        folder = Path(*self.session.batch.folder.parts[-3:])  # experiment/annotate/round_NNN
         self.panel.setText(f"<b>{html.escape(status)}</b>" + (f"<br><i>{html.escape(note)}</i>" if note else "")
                            + "<br><br>" + "<br>".join(rows) + f"<br><br>{keys}<br><br>saves into "
                            + html.escape(str(folder / "masks")))
@@ -137,7 +140,10 @@ def open_view(experiment: str | Path, *, round_: int | None = None, show: bool =
 def run_annotation(experiment: str | Path, *, round_: int | None = None) -> CorrectionSession:
     """Open the view and block until its window is closed; edits not yet saved are saved then."""
     napari = import_napari()
+    from qtpy.QtCore import QTimer
+
     view = open_view(experiment, round_=round_)
+    QTimer.singleShot(0, view.viewer.reset_view)  # once the window is laid out: the slice fits the canvas
     napari.run()
     if view.session.has_unsaved_changes():
         view.session.save()
