@@ -60,6 +60,10 @@ def run(
     from nnal.loop import run_experiment
 
     values = load_yaml(config) if config is not None else {}
+    if config is None and (output / "config.yaml").is_file():  # resuming: the saved settings, unless flags differ
+        from nnal.experiment import ExperimentFolder
+
+        values = ExperimentFolder(output).read_config().to_dict()
     numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget)
     flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device, oracle=oracle,
                  **{k: _flag_value(v) for k, v in numbers.items() if v is not None})

@@ -189,7 +189,7 @@ def _checked_masks(store: AnnotationStore, batch: pd.DataFrame, masks: Path, emp
 
 
 def _listing(values) -> str:
-    return ", ".join(str(int(v)) for v in values)
+    return ", ".join(str(int(v)) for v in sorted(values))
 
 
 def _check_one(store: AnnotationStore, case: str, path: Path, rows: pd.DataFrame, empty: set[int]

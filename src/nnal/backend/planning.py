@@ -22,11 +22,13 @@ def dataset_folder_name(name: str) -> str:
     return f"Dataset{DATASET_ID:03d}_{safe}"
 
 
-def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbose: bool = False) -> dict:
+def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbose: bool = False, *,
+                        unlabeled: bool = False) -> dict:
     """Run nnU-Net's fingerprint, planner and 2d preprocessor on ``root/raw/<folder_name>``; return the plans.
 
     Done once: a marker file makes a second call return the cached plans. The plans are nnU-Net's own; the
     dropout regime is an experiment setting (:func:`with_dropout`), so one cache serves every regime.
+    ``unlabeled`` (annotation mode, no case labeled yet): see :func:`_body_fingerprint_extractor`.
     """
     configure_nnunet_env(root, num_processes)
     pre_dir = root / "preprocessed" / folder_name
@@ -45,8 +47,10 @@ def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbos
     os.environ["nnUNet_n_proc_DA"] = str(workers)
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
+        extractor = _body_fingerprint_extractor(root / "nnal_fingerprint") if unlabeled else None
         extract_fingerprint_dataset(DATASET_ID, num_processes=workers, check_dataset_integrity=False,
-                                    clean=True, verbose=verbose, show_progress_bar=verbose)
+                                    clean=True, verbose=verbose, show_progress_bar=verbose,
+                                    **({"fingerprint_extractor_class": extractor} if extractor else {}))
         plan_experiment_dataset(DATASET_ID)
         plans = json.loads((pre_dir / f"{PLANS}.json").read_text())
         preprocess_dataset(DATASET_ID, PLANS, configurations=(CONFIGURATION,), num_processes=(workers,),
@@ -55,6 +59,29 @@ def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbos
     set_threads()
     marker.write_text("ok\n")
     return plans
+
+
+def _body_fingerprint_extractor(work: Path):
+    """nnU-Net's fingerprint extractor for a dataset without any label yet (annotation mode before the first
+    masks): it takes intensity statistics from foreground voxels, and with none at all it fails (a percentile of
+    nothing). Here the statistics come from the body instead, every voxel where the first channel is nonzero (nnU-Net's
+    own crop region), through stand-in label files outside the raw folder. Only CT normalisation reads these
+    statistics; shapes, spacings and the plans are nnU-Net's as ever."""
+    import nibabel as nib
+    import numpy as np
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    class BodyFingerprintExtractor(DatasetFingerprintExtractor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            work.mkdir(parents=True, exist_ok=True)
+            for case, entry in self.dataset.items():
+                image = nib.load(entry["images"][0])
+                body = (np.asanyarray(image.dataobj) != 0).astype(np.uint8)
+                entry["label"] = str(work / f"{case}.nii.gz")
+                nib.save(nib.Nifti1Image(body, image.affine), entry["label"])
+
+    return BodyFingerprintExtractor
 
 
 DROPOUT_OPS = {"element": "torch.nn.Dropout", "channel": "torch.nn.Dropout2d"}

@@ -33,7 +33,8 @@ class Backend:
             raw = self.root / "raw" / self.folder_name
             if not (raw / "dataset.json").is_file():
                 write_nnunet_raw(dataset, raw)
-            plans = planning.plan_and_preprocess(self.root, self.folder_name, num_processes, verbose)
+            plans = planning.plan_and_preprocess(self.root, self.folder_name, num_processes, verbose,
+                                                 unlabeled=all(case.label is None for case in dataset.cases))
             self.dataset_json = json.loads((raw / "dataset.json").read_text())
             self.splits = planning.load_splits(self.root, self.folder_name, [c.name for c in dataset.cases])
         self.plans = planning.with_dropout(plans, dropout, dropout_p)  # what training builds
