@@ -182,3 +182,20 @@ def test_real_nnunet_human_loop_equals_the_simulated_oracle(tmp_path):
                for p, c in zip(predicted, rows["case"], strict=True))
     status = run_cli(["status", out])
     assert status.exit_code == 0 and "last Dice" in status.stdout and "pending: nothing" in status.stdout
+
+
+@pytest.mark.slow
+def test_real_nnunet_plans_and_trains_a_dataset_without_any_label(tmp_path):
+    """No label anywhere (a lab's first scans): nnU-Net plans (its intensity statistics from the body), round 0's
+    random slices are handed out, trained on once ingested, and round 1 waits; no test labels, no Dice."""
+    full = make_mini_hippocampus(tmp_path / "full" / "Task04_Hippocampus", 6)
+    hidden = hide_labels(full, tmp_path / "hidden" / "Task04_Hippocampus", set())
+    out = tmp_path / "human"
+    config = Config(dataset=str(hidden), oracle="human", **{**REAL, "rounds": 1, "pool_cases": 2, "initial": 10})
+    run_experiment(config, out, progress=False)
+    annotate_from_truth(out / "annotate" / "round_000", full)
+    assert run_cli(["ingest", out]).exit_code == 0
+    result = run_cli(["run", "--output", out, "--quiet"])  # the saved settings
+    assert result.exit_code == 0, result.output
+    assert "round 1: 10 slices" in result.stdout and "wait for annotation" in result.stdout
+    assert (out / "round_000" / "checkpoint.pt").is_file() and not (out / "results.csv").read_text().split()[1:]
