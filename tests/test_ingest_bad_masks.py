@@ -159,9 +159,9 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
                                   ["selected slice left empty", "(slice"], "mask"),
     "slice outside the batch changed": (
         lambda e: _edit(e, lambda d: _set(d, slab(0, unlisted_slice(e, first(e)[0])), 1)),
-        ["outside this batch", "(slice"], "mask"),
+        ["labels a slice outside this batch", "(slice"], "mask"),
     "earlier annotation overwritten": (lambda e: _overwrite_slice(e, *earlier_slice(e)),
-                                       ["outside this batch", "(slice"], "earlier"),
+                                       ["given earlier", "never overwritten", "(slice"], "earlier"),
     "unreadable file": (lambda e: mask_path(e).write_bytes(b"\x00\x01 not nifti"), ["unreadable NIfTI"], "mask"),
     "truncated file": (lambda e: mask_path(e).write_bytes(mask_path(e).read_bytes()[:200]), ["unreadable"], "mask"),
     "gzip of garbage": (_gzip_garbage, ["unreadable"], "mask"),

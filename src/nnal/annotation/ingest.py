@@ -229,9 +229,11 @@ def _check_one(store: AnnotationStore, case: str, path: Path, rows: pd.DataFrame
     problems = []
     if changed.any():
         s = _first_slice(changed, axis)
-        problems.append(f"{path}: a slice outside this batch differs from the labels known so far "
-                        f"({int(changed[index_along(axis, s)].sum())} voxels); change only the listed slices "
-                        f"(slice {s})")
+        earlier = bool(known[index_along(axis, s)].any())
+        what = "changes labels given earlier, which are never overwritten" if earlier else \
+            "labels a slice outside this batch"
+        problems.append(f"{path}: {what} ({int(changed[index_along(axis, s)].sum())} voxels differ from the labels "
+                        f"known so far); change only the listed slices (slice {s})")
     for row in rows.itertuples():
         has_labels = bool(labels[index_along(axis, int(row.slice))].any())
         if not has_labels and int(row.id) not in empty:
