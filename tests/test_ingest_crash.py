@@ -57,9 +57,9 @@ def _committed(folder: Path) -> dict[str, bytes]:
 
 
 def _as_before(before: dict[str, bytes], after: dict[str, bytes]) -> None:
-    """Equal but for the round's uncommitted files, and the lock file, which names the last process that held it."""
+    """Byte-identical but for the lock file, which names the last process that held it."""
     def kept(files: dict[str, bytes]) -> dict[str, bytes]:
-        return {k: v for k, v in files.items() if not k.startswith(UNCOMMITTED) and k != ".lock"}
+        return {k: v for k, v in files.items() if k != ".lock"}
 
     assert kept(after) == kept(before)
 
@@ -102,11 +102,13 @@ def test_sigkill_between_two_written_masks_then_rerun(waiting, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     after = folder_digest(out)
     _as_before(before, after)
-    assert len([k for k in after if k.startswith(UNCOMMITTED)]) == 2  # killed midway: two of three written
+    assert not any(k.startswith(UNCOMMITTED) for k in after)  # the two masks written went to the staging folder
+    assert len([p for p in out.parent.glob(".nnal-ingest-*") if p.is_dir()]) == 1  # left beside it, cleared below
 
     result = run_cli(["ingest", out])
     assert result.exit_code == 0 and "round 1: ingested" in result.stdout, result.output
     assert _committed(out) == _committed(reference)
+    assert not list(out.parent.glob(".nnal-ingest-*"))
     again = folder_digest(out)
     assert run_cli(["ingest", out]).exit_code == 0  # and once more: nothing changes
     assert folder_digest(out) == again

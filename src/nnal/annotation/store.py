@@ -1,13 +1,17 @@
 """The labels a person has given: per case a NIfTI volume on the raw image's grid, 0 where nothing is known.
 
 A case's known labels are its file from the latest ingested round that touched it, else its label file in the
-dataset (labels already present), else none. Each ingest writes new files under ``annotations/round_NNN/`` and
-then commits by rewriting ``annotations.json`` atomically: until that rename the new files are invisible (a killed
-ingest leaves the experiment as it was), and a committed round's files are never written again.
+dataset (labels already present), else none. Each ingest writes the round's files in a staging folder
+beside the experiment, moves it to ``annotations/round_NNN/`` with one rename and then commits by rewriting
+``annotations.json`` atomically: a killed ingest leaves the experiment as it was (at most a folder that nothing
+reads, replaced by the rerun), and a committed round's files are never written again.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,9 @@ import pandas as pd
 from nnal.annotation.volumes import nifti_bytes
 from nnal.dataset import RawDataset
 from nnal.experiment import ExperimentFolder, atomic_write_bytes
+
+# beside the experiment folder, on its filesystem: a killed ingest leaves the experiment itself byte-identical
+STAGING_PREFIX = ".nnal-ingest-"
 
 BATCH_COLUMNS = ["id", "case", "axis", "slice", "pool_slice", "world_axis", "world_mm", "score"]
 
@@ -70,13 +77,34 @@ class AnnotationStore:
 
     def commit(self, round_: int, volumes: Mapping[str, np.ndarray], entry: Mapping[str, Any],
                on_file_written=None) -> None:
-        """Write the round's volumes, then record the round: the record's atomic rewrite is the commit."""
+        """Write the round's volumes into a staging folder beside the experiment, move it in with one rename, then
+        record the round (the record's atomic rewrite is the commit). Call under the folder's lock."""
         if self.ingested(round_):
             raise RuntimeError(f"round {round_} is ingested already; its annotations are never rewritten")
-        for case in sorted(volumes):
-            atomic_write_bytes(self.folder.annotation_file(round_, case), nifti_bytes(volumes[case], self.image(case)))
-            if on_file_written is not None:
-                on_file_written(case)
+        target = self.folder.annotation_file(round_, "any").parent
+        for stale in self.folder.root.parent.glob(f"{STAGING_PREFIX}{self.folder.root.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed ingest (we hold the lock: none runs)
+        staging = _staging_folder(self.folder.root)
+        try:
+            for case in sorted(volumes):
+                atomic_write_bytes(staging / f"{case}.nii.gz", nifti_bytes(volumes[case], self.image(case)))
+                if on_file_written is not None:
+                    on_file_written(case)
+            if target.exists():  # moved in by an ingest killed before its record: never read, so replaced
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         record = {"rounds": {**self.record["rounds"], str(round_): {**entry, "cases": sorted(volumes)}}}
         self.folder.write_annotations(record)
         self.record = record
+
+
+def _staging_folder(root: Path) -> Path:
+    """A fresh folder on the experiment's filesystem, outside it when its parent is writable, else inside."""
+    try:
+        return Path(tempfile.mkdtemp(dir=root.parent, prefix=f"{STAGING_PREFIX}{root.name}-"))
+    except OSError:
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=root / "annotations", prefix=STAGING_PREFIX))
