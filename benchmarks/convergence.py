@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--work", type=Path, default=Path("/tmp/nnal-convergence"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--round0-from", type=Path, default=None,
+                        help="a --work folder of an earlier run with the same round-0 settings: its trained round 0s "
+                             "(protocol and doubled) are adopted, only the fine-tuning rounds run")
     args = parser.parse_args(argv)
     spec = load_yaml(args.grid)
     settings = dict(spec.get("settings", {}))
@@ -52,7 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
             for name, config in (("protocol", base), ("doubled", doubled)):
                 t = time.perf_counter()
                 folder = args.work / f"f{fold}-s{seed}-{name}"
-                dice[name] = mean_dice(run_experiment(config, folder, cache=args.work / "cache", progress=False))
+                shared = args.round0_from / folder.name if args.round0_from else None
+                dice[name] = mean_dice(run_experiment(config, folder, cache=args.work / "cache", progress=False,
+                                                      share_round0=shared))
                 dice[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
             last = max(dice["protocol"])
             row = {"fold": fold, "seed": seed,
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     ok = all(abs(r["round0_change"]) < args.tolerance and abs(r["final_change"]) < args.tolerance for r in rows)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {"benchmark": "cpu_protocol_convergence", "grid": str(args.grid), "settings": settings,
+               "round0_from": str(args.round0_from) if args.round0_from else None,
                "tolerance": args.tolerance, "converged": ok, "rows": rows,
                "wall_seconds": round(time.perf_counter() - start, 1), "git_commit": commit,
                "machine": {"python": platform.python_version(), "processor": platform.processor() or "cpu"}}
