@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +152,27 @@ def test_a_finished_grid_is_skipped_on_rerun(local_run, tmp_path, dataset):
     status = run_grid(local_run / "grid.yaml", local_run, executor="local", backend="fake", report=False, emit=quiet)
     assert status["failed"] == 0
     assert {p: p.stat().st_mtime_ns for p in local_run.glob("*/*/*/state.json")} == before
+
+
+def test_a_grid_changing_only_later_rounds_reuses_its_trained_round0(local_run, tmp_path, dataset):
+    out = tmp_path / "out"
+    shutil.copytree(local_run / "round0", out / "round0")
+    def trained(root: Path) -> dict[Path, bytes]:  # the round-0 outputs (environment.json is rewritten per run)
+        return {p: p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name not in ("environment.json", ".lock")}
+
+    before = trained(out / "round0")
+    longer = {**SETTINGS, "epochs_per_round": 2, "mc_passes": 4, "budget": 3}  # none of them decides round 0
+    status = run_grid(grid_file(tmp_path, dataset, settings=longer), out, executor="local", backend="fake",
+                      report=False, emit=quiet)
+    assert status["failed"] == 0
+    assert trained(out / "round0") == before  # not trained again, its config untouched
+    for name, frame in results_of(out).items():
+        own = frame[frame["round"] == 0].drop(columns=["experiment", "strategy"]).reset_index(drop=True)
+        seed = int(name.rsplit("-s", 1)[1])
+        holder = [h for h in (out / "round0").iterdir() if f"-s{seed}-" in h.name][0]
+        shared = pd.read_csv(holder / "results.csv").drop(columns=["experiment", "strategy"])
+        pd.testing.assert_frame_equal(own, shared)
 
 
 def test_ray_grid_on_a_real_local_instance_equals_the_local_executor(local_run, tmp_path, dataset):

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnal.config import build
+from nnal.config import ROUND0_FIELDS, build
 from nnal.dataset import load_dataset, validate
 from nnal.experiment import ExperimentFolder, atomic_write_json
 from nnal.grid.progress import Progress
 from nnal.grid.spec import GridExperiment
+
+# settings a shared round 0 takes from its experiments besides ROUND0_FIELDS: where and how fast it runs
+ROUND0_RUNTIME = ("device", "num_processes", "score_batch_size")
 
 BACKENDS = ("nnunet", "fake")
 
@@ -127,8 +130,9 @@ def plan(experiments: list[GridExperiment], run: GridRun, threads: int) -> list[
             share = str(holder)
             if exp.round0_group not in groups:
                 groups[exp.round0_group] = f"round0:{exp.round0_group}"
-                round0 = {**config, "strategy": "random", "strategy_options": {}, "rounds": 0,
-                          "experiment": f"round0-{exp.round0_group}"}
+                # only what decides round 0 (and how fast it runs): a grid that changes later rounds reuses it
+                round0 = {**{k: config[k] for k in (*ROUND0_FIELDS, *ROUND0_RUNTIME)}, "strategy": "random",
+                          "rounds": 0, "experiment": f"round0-{exp.round0_group}"}
                 steps.append(Step(groups[exp.round0_group], "round0",
                                   (round0, str(holder), str(run.cache), None, run.backend, threads),
                                   (prepared[dataset],)))
