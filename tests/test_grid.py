@@ -154,6 +154,19 @@ def test_a_finished_grid_is_skipped_on_rerun(local_run, tmp_path, dataset):
     assert {p: p.stat().st_mtime_ns for p in local_run.glob("*/*/*/state.json")} == before
 
 
+def test_the_plan_runs_seed_by_seed_after_each_round0(tmp_path, dataset):
+    from nnal.grid.run import GridRun, plan
+
+    path = grid_file(tmp_path, dataset, strategies=["random", "bald", "usimc"], seeds=[0, 1, 2])
+    experiments = expand(load_grid(path), str(path))
+    steps = plan(experiments, GridRun(output=tmp_path / "out"), threads=1)
+    order = [s.key for s in steps if s.kind == "experiment"]
+    seeds = [int(k.rsplit("-s", 1)[1]) for k in order]
+    assert seeds == sorted(seeds) and len(order) == 9  # whole comparisons first
+    for i, step in enumerate(steps):  # every step after what it needs
+        assert all(n in {s.key for s in steps[:i]} for n in step.needs)
+
+
 def test_a_grid_changing_only_later_rounds_reuses_its_trained_round0(local_run, tmp_path, dataset):
     out = tmp_path / "out"
     shutil.copytree(local_run / "round0", out / "round0")

@@ -109,11 +109,12 @@ class Step:
 
 
 def plan(experiments: list[GridExperiment], run: GridRun, threads: int) -> list[Step]:
-    """The steps in an order that respects ``needs``; finished experiments are left out."""
+    """The steps in an order that respects ``needs``; finished experiments are left out. Experiments go seed by
+    seed (every strategy of a (dataset, fold, seed) before the next): a grid cut short holds whole comparisons."""
     steps: list[Step] = []
     prepared: dict[str, str] = {}
     groups: dict[str, str] = {}
-    for exp in experiments:
+    for exp in sorted(experiments, key=lambda e: (e.config.dataset, e.config.fold, e.config.seed)):
         folder = run.output / exp.folder
         if ExperimentFolder(folder).finished(exp.config.rounds if exp.config.strategy != "full" else 0):
             run.outcomes[exp.folder] = {"status": "done", "skipped": True}
