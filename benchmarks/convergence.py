@@ -29,9 +29,23 @@ def mean_dice(results: pd.DataFrame) -> dict[int, float]:
     return {int(r): float(v) for r, v in rows.groupby("round")["dice"].mean().items()}
 
 
+def merge(parts: list[Path], out: Path) -> dict:
+    """One result from runs split over processes (one per fold, say): their rows, the check over all of them."""
+    loaded = [json.loads(p.read_text()) for p in parts]
+    summary = {**loaded[0], "rows": [row for part in loaded for row in part["rows"]],
+               "merged_from": [str(p) for p in parts],
+               "wall_seconds": max(part.get("wall_seconds", 0.0) for part in loaded)}
+    tolerance = summary.setdefault("tolerance", 0.02)
+    summary["converged"] = all(abs(r["round0_change"]) < tolerance and abs(r["final_change"]) < tolerance
+                               for r in summary["rows"])
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("grid", type=Path, help="a grid file whose settings are the protocol")
+    parser.add_argument("grid", type=Path, nargs="?", help="a grid file whose settings are the protocol")
+    parser.add_argument("--merge", type=Path, nargs="+", help="instead of running: merge these results into --out")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tolerance", type=float, default=0.02)
@@ -41,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a --work folder of an earlier run with the same round-0 settings: its trained round 0s "
                              "(protocol and doubled) are adopted, only the fine-tuning rounds run")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     spec = load_yaml(args.grid)
     settings = dict(spec.get("settings", {}))
     dataset = str(Path(spec["datasets"][0]).resolve())
