@@ -7,6 +7,7 @@ mean foreground Dice by less than ``--tolerance`` (0.02) everywhere.
 
     python benchmarks/convergence.py examples/hippocampus-cpu.yaml --folds 0 1 --seeds 0 1 \
         --work /tmp/convergence --out results/cpu-protocol-convergence.json
+    python benchmarks/convergence.py --table results/cpu-protocol-convergence.json
 """
 
 from __future__ import annotations
@@ -42,10 +43,22 @@ def merge(parts: list[Path], out: Path) -> dict:
     return summary
 
 
+def markdown_table(result: dict) -> str:
+    """The rows as the table in docs/grids.md (printed from the result, never typed)."""
+    lines = ["| fold | seed | round 0 | doubled | change | final | doubled | change |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['fold']} | {r['seed']} | {r['round0_dice']:.4f} | {r['round0_dice_doubled']:.4f} | "
+                     f"{r['round0_change']:+.4f} | {r['final_dice']:.4f} | {r['final_dice_doubled']:.4f} | "
+                     f"{r['final_change']:+.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", type=Path, nargs="?", help="a grid file whose settings are the protocol")
     parser.add_argument("--merge", type=Path, nargs="+", help="instead of running: merge these results into --out")
+    parser.add_argument("--table", type=Path, help="instead of running: print this result as a markdown table")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tolerance", type=float, default=0.02)
@@ -57,6 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.table:
+        result = json.loads(args.table.read_text())
+        print(markdown_table(result))
+        return result
     spec = load_yaml(args.grid)
     settings = dict(spec.get("settings", {}))
     dataset = str(Path(spec["datasets"][0]).resolve())
