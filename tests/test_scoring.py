@@ -144,3 +144,27 @@ def test_packed_dropout_replaces_element_dropout_only_while_active():
     channel = small_unet(torch.nn.Dropout2d)
     use_packed_dropout(channel, True)
     assert all("forward" not in m.__dict__ for m in channel.modules())  # channel dropout is left alone
+
+
+def test_scoring_autocasts_on_cuda_only():
+    from nnal.backend.scoring import _amp
+
+    with _amp(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cuda") and not torch.is_autocast_enabled("cpu")
+    if torch.cuda.is_available():  # (without a CUDA device torch turns a CUDA autocast off itself)
+        with _amp(torch.device("cuda")):
+            assert torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.float16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@torch.inference_mode()
+def test_half_precision_mc_probabilities_match_float32_on_cuda():
+    from nnal.backend.scoring import _amp, mc_probabilities
+
+    net = small_unet(torch.nn.Dropout).cuda()
+    batch = torch.randn(4, 1, 16, 12, device="cuda")
+    full = mc_probabilities(net, batch, 3)
+    with _amp(torch.device("cuda")):
+        half = mc_probabilities(net, batch, 3)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, atol=5e-3, rtol=0)

@@ -163,6 +163,12 @@ def mc_probabilities(net: torch.nn.Module, batch: torch.Tensor, passes: int, row
     return torch.cat(out)
 
 
+def _amp(device: torch.device):
+    """Half-precision convolutions for the forward-only scoring passes on CUDA (softmax and reductions run in
+    float32: logits are cast first); a no-op elsewhere. Gradient embeddings and the Fisher stay in float32."""
+    return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda")
+
+
 @torch.inference_mode()
 def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
                keys: set[str], mc_passes: int, batch_size: int, device: torch.device, seed: int,
@@ -200,7 +206,8 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
             if keys & DETERMINISTIC_KEYS:
                 set_dropout(net, False)
                 capture["on"] = True
-                logits = net(batch)
+                with _amp(device):
+                    logits = net(batch)
                 capture["on"] = False
                 probs = logits.float().softmax(1)
                 for k, v in reduce_deterministic(probs, mask).items():
@@ -221,7 +228,8 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
                         parts["features"].append(flat.cpu())
             if keys & MC_KEYS:
                 set_dropout(net, True)
-                probs = mc_probabilities(net, batch, mc_passes, mc_rows)
+                with _amp(device):
+                    probs = mc_probabilities(net, batch, mc_passes, mc_rows)
                 for k, v in reduce_mc(probs, mask).items():
                     if k in keys:
                         parts[k].append(v.cpu())
