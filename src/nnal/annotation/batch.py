@@ -25,10 +25,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from nnal.annotation.store import BATCH_COLUMNS, AnnotationStore
+from nnal.annotation.store import BATCH_COLUMNS, AnnotationStore, open_annotation_experiment
 from nnal.annotation.volumes import as_nifti_gz, index_along, label_dtype, nifti_bytes, world_position
 from nnal.config import Config
-from nnal.dataset import RawDataset, load_dataset
+from nnal.dataset import RawDataset
 from nnal.errors import NnalError
 from nnal.experiment import ExperimentFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -135,14 +135,8 @@ def _readme(round_: int, manifest: pd.DataFrame, dataset: RawDataset) -> str:
 
 def query(root: Path, backend_factory: Callable[[RawDataset, Path, Config], Any]) -> Path:
     """``nnal query DIR``: (re)export the pending batch with the current model's presegmentation."""
-    folder = ExperimentFolder(root)
-    if not folder.holds_experiment():
-        raise NnalError(f"{root}: not an nnal experiment (no config.yaml)")
-    config = folder.read_config()
-    if config.oracle != "human":
-        raise NnalError(f"{folder.config_file}: oracle is {config.oracle}, not human; the simulated oracle reveals "
-                        "labels itself, there is nothing to annotate")
-    dataset = load_dataset(config.dataset, labels_optional=True)
+    folder, config, dataset = open_annotation_experiment(
+        root, "the simulated oracle reveals labels itself, there is nothing to annotate")
     with folder.lock():
         store = AnnotationStore(folder, dataset)
         round_ = pending_round(folder, store)

@@ -18,12 +18,10 @@ import numpy as np
 import pandas as pd
 
 from nnal.annotation.batch import pending_round
-from nnal.annotation.store import AnnotationStore
+from nnal.annotation.store import AnnotationStore, open_annotation_experiment
 from nnal.annotation.volumes import Unreadable, case_name, index_along, label_dtype, read_volume
-from nnal.dataset import load_dataset
 from nnal.dataset_checks import check_geometry, geometry
 from nnal.errors import DatasetError, NnalError
-from nnal.experiment import ExperimentFolder
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "y", "x"})
 
@@ -47,14 +45,8 @@ class Ingested:
 def ingest(root: Path, masks: Path | None = None, *, on_file_written=None) -> Ingested:
     """Check the masks of the pending round (``DIR/annotate/round_NNN/masks`` unless ``masks`` names another
     folder) and commit them; raise :class:`IngestError` listing every problem, having written nothing."""
-    folder = ExperimentFolder(root)
-    if not folder.holds_experiment():
-        raise NnalError(f"{root}: not an nnal experiment (no config.yaml)")
-    config = folder.read_config()
-    if config.oracle != "human":
-        raise NnalError(f"{folder.config_file}: oracle is {config.oracle}, not human; a simulated experiment "
-                        "takes no masks")
-    store = AnnotationStore(folder, load_dataset(config.dataset, labels_optional=True))
+    folder, _, dataset = open_annotation_experiment(root, "a simulated experiment takes no masks")
+    store = AnnotationStore(folder, dataset)
     round_ = pending_round(folder, store)
     if round_ is None:
         done = store.ingested_rounds()

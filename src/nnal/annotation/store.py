@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from nnal.annotation.volumes import nifti_bytes
-from nnal.dataset import RawDataset
+from nnal.config import Config
+from nnal.dataset import RawDataset, load_dataset
+from nnal.errors import NnalError
 from nnal.experiment import ExperimentFolder, atomic_write_bytes
 
 # beside the experiment folder, on its filesystem: a killed ingest leaves the experiment itself byte-identical
@@ -108,3 +110,15 @@ def _staging_folder(root: Path) -> Path:
     except OSError:
         (root / "annotations").mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=root / "annotations", prefix=STAGING_PREFIX))
+
+
+def open_annotation_experiment(root: Path, refusal: str) -> tuple[ExperimentFolder, Config, RawDataset]:
+    """The experiment in ``root`` with its config and dataset, if it runs with a human oracle; else one line naming
+    the file (``refusal`` says why a simulated experiment cannot do what was asked)."""
+    folder = ExperimentFolder(root)
+    if not folder.holds_experiment():
+        raise NnalError(f"{root}: not an nnal experiment (no config.yaml)")
+    config = folder.read_config()
+    if config.oracle != "human":
+        raise NnalError(f"{folder.config_file}: oracle is {config.oracle}, not human; {refusal}")
+    return folder, config, load_dataset(config.dataset, labels_optional=True)
