@@ -64,12 +64,16 @@ def _as_before(before: dict[str, bytes], after: dict[str, bytes]) -> None:
     assert kept(after) == kept(before)
 
 
-def test_an_ingest_failing_midway_changes_nothing_and_a_rerun_completes(waiting, tmp_path):
-    exp, _ = waiting
+def _ingested_reference_and_copy(exp: Path, tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
+    """An uninterrupted ingest to compare with, and an untouched copy with its digest."""
     reference = _copy(exp, tmp_path / "reference")
     assert run_cli(["ingest", reference]).exit_code == 0
     out = _copy(exp, tmp_path / "exp")
-    before = folder_digest(out)
+    return reference, out, folder_digest(out)
+
+
+def test_an_ingest_failing_midway_changes_nothing_and_a_rerun_completes(waiting, tmp_path):
+    reference, out, before = _ingested_reference_and_copy(waiting[0], tmp_path)
 
     def fail_after_first(case: str) -> None:
         raise OSError("the machine went away")
@@ -85,11 +89,7 @@ def test_an_ingest_failing_midway_changes_nothing_and_a_rerun_completes(waiting,
 
 
 def test_sigkill_between_two_written_masks_then_rerun(waiting, tmp_path):
-    exp, _ = waiting
-    reference = _copy(exp, tmp_path / "reference")
-    assert run_cli(["ingest", reference]).exit_code == 0
-    out = _copy(exp, tmp_path / "exp")
-    before = folder_digest(out)
+    reference, out, before = _ingested_reference_and_copy(waiting[0], tmp_path)
     script = ("import os, signal, sys\n"
               "from nnal.annotation.ingest import ingest\n"
               "written = []\n"

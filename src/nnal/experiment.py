@@ -175,8 +175,11 @@ class ExperimentFolder:
     def batch_file(self, round_: int) -> Path:
         return self.round_dir(round_) / "batch.csv"
 
+    def annotation_dir(self, round_: int) -> Path:
+        return self.root / "annotations" / f"round_{round_:03d}"
+
     def annotation_file(self, round_: int, case: str) -> Path:
-        return self.root / "annotations" / f"round_{round_:03d}" / f"{case}.nii.gz"
+        return self.annotation_dir(round_) / f"{case}.nii.gz"
 
     def annotate_dir(self, round_: int) -> Path:
         return self.root / "annotate" / f"round_{round_:03d}"

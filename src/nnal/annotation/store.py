@@ -83,7 +83,7 @@ class AnnotationStore:
         record the round (the record's atomic rewrite is the commit). Call under the folder's lock."""
         if self.ingested(round_):
             raise RuntimeError(f"round {round_} is ingested already; its annotations are never rewritten")
-        target = self.folder.annotation_file(round_, "any").parent
+        target = self.folder.annotation_dir(round_)
         for stale in self.folder.root.parent.glob(f"{STAGING_PREFIX}{self.folder.root.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed ingest (we hold the lock: none runs)
         staging = _staging_folder(self.folder.root)
