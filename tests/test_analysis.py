@@ -226,6 +226,21 @@ def test_fg_efficiency_recovers_gamma():
                                rtol=1e-3)
 
 
+def test_fg_efficiency_leaves_gamma_blank_for_curves_above_the_full_reference():
+    table = _fg_table({"random": 3.0, "usimf": 7.5}, c=0.85, with_full=True)
+    # an under-trained reference: 0.75 lies below usimf's later rounds (0.4 + 0.45 (1 - exp(-7.5 dx))) and above
+    # random's mean curve in every round
+    table.loc[table["strategy"] == "full", "dice"] = 0.75
+    random_curve = table[table["strategy"] == "random"].groupby("round")["dice"].mean()
+    usimf_curve = table[table["strategy"] == "usimf"].groupby("round")["dice"].mean()
+    assert random_curve.max() < 0.75 < usimf_curve.max()
+    fg = fg_efficiency(table)
+    gamma = fg.table.set_index("strategy")["gamma"]
+    assert np.isnan(gamma["usimf"]) and np.isfinite(gamma["random"])
+    assert any("usimf rises above c = 0.7500" in note and "not identified" in note for note in fg.notes)
+    assert not any("random" in note for note in fg.notes)
+
+
 def test_batch_uncertainty(tmp_path):
     write_experiment(tmp_path, "usimf", 0, 0, [0.3, 0.5, 0.6], class_uncertainty=True)
     write_experiment(tmp_path, "bald", 0, 0, [0.3, 0.5, 0.6])

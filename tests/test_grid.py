@@ -70,7 +70,21 @@ def test_expansion_variants_sweep_folds_seeds_and_the_full_reference(tmp_path, d
     assert all(e.round0_group is None for e in experiments if e.config.strategy == "full")
 
 
+def test_the_full_reference_takes_settings_of_its_own(tmp_path, dataset):
+    path = grid_file(tmp_path, dataset, full_reference={"epochs_initial": 7, "initial_lr": 0.02})
+    experiments = {e.label: e for e in expand(load_grid(path), str(path)) if e.config.seed == 0}
+    full, random = experiments["full"].config, experiments["random"].config
+    assert (full.epochs_initial, full.initial_lr) == (7, 0.02)
+    assert random.epochs_initial == SETTINGS["epochs_initial"] and random.resolved().initial_lr != 0.02
+    assert full.iterations_per_epoch == random.iterations_per_epoch == SETTINGS["iterations_per_epoch"]
+    # an empty mapping is the reference with the grid's settings, as ``true`` is
+    plain = expand(load_grid(grid_file(tmp_path, dataset, full_reference={})), str(path))
+    assert [e.config.epochs_initial for e in plain if e.config.strategy == "full"] == [SETTINGS["epochs_initial"]]
+
+
 BAD_GRIDS = {
+    "unknown setting of the full reference": ({"full_reference": {"epochs_intial": 5}}, ["grid.yaml", "epochs_intial"]),
+    "seed of the full reference": ({"full_reference": {"seed": 2}}, ["grid.yaml", "full_reference", "seed"]),
     "unknown key": ({"fodls": [0]}, ["grid.yaml", "fodls"]),
     "unknown strategy": ({"strategies": ["random", "usimx"]}, ["grid.yaml", "usimx"]),
     "misspelt option of a variant": ({"strategies": [{"strategy": "usimf", "options": {"etaa": 1.0}}]},

@@ -282,6 +282,13 @@ def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "m
         return FgEfficiency(empty, c, c_source, c - y0, x0, al, notes)
     points = al.rename(columns={"fg_fraction": "x"})[[VARIANT, "x", "dice"]]
     table, c_fit = fit_gamma(points, c, x0, y0)
+    above = _curves_above(al, c) if c is not None else []
+    if above:
+        # the curve never exceeds c, so points above it push gamma to whatever value the optimiser stops at
+        table.loc[table[VARIANT].isin(above), ["gamma", "gamma_se"]] = np.nan
+        notes.append(f"The mean Dice of {', '.join(above)} rises above c = {c:.4f} ({c_source}), which the curve "
+                     "cannot reach past: their gamma is not identified and is left blank. A full-label reference "
+                     "trained for fewer iterations than the AL rounds in total can cause this.")
     strategy_of = dict(zip(al[VARIANT], al["strategy"], strict=True))
     table.insert(1, "strategy", table[VARIANT].map(strategy_of))
     if c is None and np.isfinite(c_fit) and (c_fit >= 1.0 - 1e-6 or c_fit <= points["dice"].max() + 1e-6):
@@ -290,6 +297,12 @@ def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "m
     if table.empty:
         notes.append("No strategy has points at 2 or more annotated-foreground fractions: no fit")
     return FgEfficiency(table, c_fit, c_source, c_fit - y0, x0, al, notes)
+
+
+def _curves_above(al: pd.DataFrame, c: float) -> list[str]:
+    """Variants whose mean Dice (over repetitions) exceeds c in some round."""
+    curve = al.groupby([VARIANT, "round"])["dice"].mean()
+    return sorted({variant for (variant, _), dice in curve.items() if dice > c})
 
 
 def correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

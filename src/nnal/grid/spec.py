@@ -43,8 +43,9 @@ class GridSpec(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     # strategy options swept over their values, for every strategy of the grid that declares the option
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
-    # the full-label reference, once per dataset and fold (with the first seed)
-    full_reference: bool = False
+    # the full-label reference, once per dataset and fold (with the first seed); a mapping is settings of its own
+    # over ``settings`` (a longer schedule: it trains once, on every pool slice, where the others fine-tune)
+    full_reference: bool | dict[str, Any] = False
     retries: Annotated[int, Field(ge=0, le=10)] = 1
 
 
@@ -74,10 +75,11 @@ def load_grid(path: Path) -> GridSpec:
 
 def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExperiment]:
     """Every experiment of the grid, configs built and checked; dataset paths relative to ``base``."""
-    fixed = sorted(set(spec.settings) & PER_EXPERIMENT)
-    if fixed:
-        raise ConfigError(f"{source}: settings: {', '.join(fixed)} is set by the grid itself (datasets, strategies, "
-                          "folds, seeds, sweep)")
+    for where, values in (("settings", spec.settings), ("full_reference", _full_settings(spec))):
+        fixed = sorted(set(values) & PER_EXPERIMENT)
+        if fixed:
+            raise ConfigError(f"{source}: {where}: {', '.join(fixed)} is set by the grid itself (datasets, "
+                              "strategies, folds, seeds, sweep)")
     entries = [StrategyEntry(strategy=s) if isinstance(s, str) else s for s in spec.strategies]
     for entry in entries:
         _known(entry.strategy, source)
@@ -89,7 +91,7 @@ def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExpe
         for entry, fold, seed in itertools.product(entries, spec.folds, spec.seeds):
             for options in _variants(entry, spec.sweep):
                 out.append(_experiment(spec, source, path, name, entry.strategy, options, fold, seed))
-        if spec.full_reference:
+        if spec.full_reference is not False:
             for fold in spec.folds:
                 out.append(_experiment(spec, source, path, name, "full", {}, fold, spec.seeds[0]))
     folders = [e.folder for e in out]
@@ -98,6 +100,10 @@ def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExpe
         raise ConfigError(f"{source}: the grid names experiment {twice[0]} twice (a strategy listed twice with the "
                           "same options?)")
     return out
+
+
+def _full_settings(spec: GridSpec) -> dict[str, Any]:
+    return spec.full_reference if isinstance(spec.full_reference, dict) else {}
 
 
 def _check_sweep(spec: GridSpec, entries: list[StrategyEntry], source: str) -> None:
@@ -127,7 +133,8 @@ def _variants(entry: StrategyEntry, sweep: dict[str, list[Any]]) -> list[dict[st
 
 def _experiment(spec: GridSpec, source: str, dataset: str, name: str, strategy: str, options: dict[str, Any],
                 fold: int, seed: int) -> GridExperiment:
-    values = {**spec.settings, "dataset": dataset, "strategy": strategy, "strategy_options": options,
+    own = _full_settings(spec) if strategy == "full" else {}
+    values = {**spec.settings, **own, "dataset": dataset, "strategy": strategy, "strategy_options": options,
               "fold": fold, "seed": seed}
     config = build(values, f"{source} ({name}, {strategy}, fold {fold}, seed {seed})")
     label = variant_label(config.strategy, config.strategy_options)
