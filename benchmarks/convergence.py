@@ -8,6 +8,10 @@ mean foreground Dice by less than ``--tolerance`` (0.02) everywhere.
     python benchmarks/convergence.py examples/hippocampus-cpu.yaml --folds 0 1 --seeds 0 1 \
         --work /tmp/convergence --out results/cpu-protocol-convergence.json
     python benchmarks/convergence.py --table results/cpu-protocol-convergence.json
+
+``--full`` checks the grid's full-label reference instead: it trains once, from scratch, on every pool slice (with
+the grid's ``full_reference`` settings over ``settings``), so it is run as given and with ``epochs_initial``
+doubled, and its Dice compared the same way (the "round 0" columns; there is no later round).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", type=Path, help="instead of running: print this result as a markdown table")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--full", action="store_true", help="check the full-label reference instead of Random")
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--work", type=Path, default=Path("/tmp/nnal-convergence"))
     parser.add_argument("--out", type=Path, default=None)
@@ -76,18 +81,21 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     spec = load_yaml(args.grid)
     settings = dict(spec.get("settings", {}))
+    if args.full and isinstance(spec.get("full_reference"), dict):
+        settings.update(spec["full_reference"])
+    strategy = "full" if args.full else "random"
     dataset = str(Path(spec["datasets"][0]).resolve())
     rows = []
     start = time.perf_counter()
     for fold in args.folds:
         for seed in args.seeds:
-            base = build({**settings, "dataset": dataset, "strategy": "random", "fold": fold, "seed": seed},
+            base = build({**settings, "dataset": dataset, "strategy": strategy, "fold": fold, "seed": seed},
                          str(args.grid)).resolved()
             doubled = base.replace(epochs_initial=2 * base.epochs_initial, epochs_per_round=2 * base.epochs_per_round)
             dice = {}
             for name, config in (("protocol", base), ("doubled", doubled)):
                 t = time.perf_counter()
-                folder = args.work / f"f{fold}-s{seed}-{name}"
+                folder = args.work / f"f{fold}-s{seed}-{'full-' if args.full else ''}{name}"
                 shared = args.round0_from / folder.name if args.round0_from else None
                 dice[name] = mean_dice(run_experiment(config, folder, cache=args.work / "cache", progress=False,
                                                       share_round0=shared))
@@ -106,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
                 args.out.write_text(json.dumps({"partial": True, "rows": rows}, indent=1) + "\n")
     ok = all(abs(r["round0_change"]) < args.tolerance and abs(r["final_change"]) < args.tolerance for r in rows)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    summary = {"benchmark": "cpu_protocol_convergence", "grid": str(args.grid), "settings": settings,
+    summary = {"benchmark": "cpu_protocol_convergence", "strategy": strategy, "grid": str(args.grid),
+               "settings": settings,
                "round0_from": str(args.round0_from) if args.round0_from else None,
                "tolerance": args.tolerance, "converged": ok, "rows": rows,
                "wall_seconds": round(time.perf_counter() - start, 1), "git_commit": commit,

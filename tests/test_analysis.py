@@ -26,6 +26,7 @@ from nnal.analysis import (
     load_selections,
     paired_test,
     penalty_matrix,
+    reference_mismatch,
 )
 
 # pool: 10 slices of two cases; class voxels (background, a, b) per slice; foreground total = 40
@@ -239,6 +240,18 @@ def test_fg_efficiency_leaves_gamma_blank_for_curves_above_the_full_reference():
     assert np.isnan(gamma["usimf"]) and np.isfinite(gamma["random"])
     assert any("usimf rises above c = 0.7500" in note and "not identified" in note for note in fg.notes)
     assert not any("random" in note for note in fg.notes)
+
+
+def test_a_full_reference_scored_on_other_test_cases_is_flagged():
+    table = _fg_table({"random": 3.0, "usimf": 7.5}, c=0.85, with_full=True)
+    assert reference_mismatch(table) is None
+    assert not any("test cases" in note for note in fg_efficiency(table).notes)
+    # seed 1 drew its own test subset; the reference (seed 0) never saw case "u"
+    table.loc[(table["seed"] == 1) & (table["strategy"] != "full"), "case"] = "u"
+    note = reference_mismatch(table)
+    assert note is not None and "1 of the AL experiments' test cases" in note
+    assert note in fg_efficiency(table).notes
+    assert reference_mismatch(table[table["strategy"] != "full"]) is None  # no reference, nothing to compare
 
 
 def test_batch_uncertainty(tmp_path):

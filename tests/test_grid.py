@@ -70,6 +70,19 @@ def test_expansion_variants_sweep_folds_seeds_and_the_full_reference(tmp_path, d
     assert all(e.round0_group is None for e in experiments if e.config.strategy == "full")
 
 
+def test_the_full_reference_runs_with_every_seed_that_draws_its_own_test_cases(tmp_path, dataset):
+    def full_seeds(**settings) -> list[tuple[int, int]]:
+        path = grid_file(tmp_path, dataset, folds=[0, 1], seeds=[3, 4, 5], full_reference=True,
+                         settings={**SETTINGS, **settings})
+        return sorted((e.config.fold, e.config.seed) for e in expand(load_grid(path), str(path))
+                      if e.config.strategy == "full")
+
+    assert full_seeds() == [(0, 3), (1, 3)]  # the whole fold: every seed has the same test cases
+    every = [(f, s) for f in (0, 1) for s in (3, 4, 5)]
+    assert full_seeds(test_cases=2) == every
+    assert full_seeds(pool_cases=3) == every
+
+
 def test_the_full_reference_takes_settings_of_its_own(tmp_path, dataset):
     path = grid_file(tmp_path, dataset, full_reference={"epochs_initial": 7, "initial_lr": 0.02})
     experiments = {e.label: e for e in expand(load_grid(path), str(path)) if e.config.seed == 0}

@@ -22,11 +22,12 @@ from nnal.analysis.stats import (
     learning_curves,
     paired_test,
     penalty_matrix,
+    reference_mismatch,
 )
 
 __all__ = [
     "ReportError", "ReportExtras", "SegmentationExample", "aubc", "aubc_table", "batch_uncertainty", "build_report",
     "correlation", "embed_2d", "fg_efficiency", "final_dice", "find_experiments", "holm", "labeled_progress",
     "learning_curves", "load_experiment", "load_experiments", "load_results", "load_selections", "paired_test",
-    "penalty_matrix", "plot_correlations", "plot_embedding", "plot_segmentations",
+    "penalty_matrix", "plot_correlations", "plot_embedding", "plot_segmentations", "reference_mismatch",
 ]

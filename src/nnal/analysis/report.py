@@ -37,7 +37,7 @@ from nnal.analysis.report_tables import (
     settings_tables,
     summary_table,
 )
-from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, fg_efficiency, penalty_matrix
+from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, fg_efficiency, penalty_matrix, reference_mismatch
 from nnal.errors import ReportError
 from nnal.preflight import existing_ancestor
 
@@ -282,6 +282,9 @@ def _dataset_sections(page: _Page, d: _Dataset) -> None:
              if x else "")
     page.section(f"summary{x}", d.title("Summary"), intro + "Mean ± SD over repetitions. AUBC and Φ exclude the "
                  "full-label reference.")
+    mismatch = reference_mismatch(results)
+    if mismatch:
+        page.add(f"<p class='note'>{html.escape(mismatch)}</p>")
     page.table(f"summary{x}", summary_table(results, pm, pm_holm, fg))
 
     page.section(f"curves{x}", d.title("Learning curves"))

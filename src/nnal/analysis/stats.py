@@ -282,6 +282,9 @@ def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "m
         return FgEfficiency(empty, c, c_source, c - y0, x0, al, notes)
     points = al.rename(columns={"fg_fraction": "x"})[[VARIANT, "x", "dice"]]
     table, c_fit = fit_gamma(points, c, x0, y0)
+    mismatch = reference_mismatch(results) if c_source == "full-label experiments" else None
+    if mismatch:
+        notes.append(mismatch)
     above = _curves_above(al, c) if c is not None else []
     if above:
         # the curve never exceeds c, so points above it push gamma to whatever value the optimiser stops at
@@ -297,6 +300,24 @@ def fg_efficiency(results: pd.DataFrame, c: float | None = None, label: str = "m
     if table.empty:
         notes.append("No strategy has points at 2 or more annotated-foreground fractions: no fit")
     return FgEfficiency(table, c_fit, c_source, c_fit - y0, x0, al, notes)
+
+
+def reference_mismatch(results: pd.DataFrame) -> str | None:
+    """Why the full-label reference is not comparable with the AL experiments, if its test cases differ; else None.
+
+    Experiments with a subset of the cases (``pool_cases``, ``test_cases``) draw it by seed: a reference of one
+    seed is scored on other test cases than another seed's experiments, which moves Dice more than the strategies do.
+    """
+    full, al = results[results["strategy"] == FULL], results[results["strategy"] != FULL]
+    if full.empty or al.empty:
+        return None
+    covered = set(zip(full["fold"], full["case"], strict=True))
+    missing = {(f, c) for f, c in zip(al["fold"], al["case"], strict=True)} - covered
+    if not missing:
+        return None
+    return (f"The full-label reference was not evaluated on {len(missing)} of the AL experiments' test cases (a "
+            "seed that draws its own test subset?): its Dice and c compare different test sets. Run the reference "
+            "with every seed (a grid does when pool_cases or test_cases is set).")
 
 
 def _curves_above(al: pd.DataFrame, c: float) -> list[str]:

@@ -43,7 +43,8 @@ class GridSpec(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     # strategy options swept over their values, for every strategy of the grid that declares the option
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
-    # the full-label reference, once per dataset and fold (with the first seed); a mapping is settings of its own
+    # the full-label reference, once per dataset and fold (with the first seed; with every seed when the seed draws
+    # a subset of the cases, ``pool_cases`` or ``test_cases``); a mapping is settings of its own
     # over ``settings`` (a longer schedule: it trains once, on every pool slice, where the others fine-tune)
     full_reference: bool | dict[str, Any] = False
     retries: Annotated[int, Field(ge=0, le=10)] = 1
@@ -92,8 +93,12 @@ def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExpe
             for options in _variants(entry, spec.sweep):
                 out.append(_experiment(spec, source, path, name, entry.strategy, options, fold, seed))
         if spec.full_reference is not False:
-            for fold in spec.folds:
-                out.append(_experiment(spec, source, path, name, "full", {}, fold, spec.seeds[0]))
+            first = _experiment(spec, source, path, name, "full", {}, spec.folds[0], spec.seeds[0]).config
+            # the seed draws the pool and test subsets: a reference of one seed would be scored on other test
+            # cases than the other seeds' experiments, so each seed gets its own
+            seeds = spec.seeds if first.pool_cases is not None or first.test_cases is not None else spec.seeds[:1]
+            for fold, seed in itertools.product(spec.folds, seeds):
+                out.append(_experiment(spec, source, path, name, "full", {}, fold, seed))
     folders = [e.folder for e in out]
     twice = sorted({f for f in folders if folders.count(f) > 1})
     if twice:
