@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nnal.config import build, load_yaml
+from nnal.config import build
+from nnal.grid.spec import load_grid, settings_for
 from nnal.loop import run_experiment
 
 
@@ -34,15 +35,18 @@ def mean_dice(results: pd.DataFrame) -> dict[int, float]:
     return {int(r): float(v) for r, v in rows.groupby("round")["dice"].mean().items()}
 
 
+def converged(rows: list[dict], tolerance: float) -> bool:
+    """Doubling the training changed neither the round-0 nor the final Dice by ``tolerance`` or more, anywhere."""
+    return all(abs(r["round0_change"]) < tolerance and abs(r["final_change"]) < tolerance for r in rows)
+
+
 def merge(parts: list[Path], out: Path) -> dict:
     """One result from runs split over processes (one per fold, say): their rows, the check over all of them."""
     loaded = [json.loads(p.read_text()) for p in parts]
     summary = {**loaded[0], "rows": [row for part in loaded for row in part["rows"]],
                "merged_from": [str(p) for p in parts],
                "wall_seconds": max(part.get("wall_seconds", 0.0) for part in loaded)}
-    tolerance = summary.setdefault("tolerance", 0.02)
-    summary["converged"] = all(abs(r["round0_change"]) < tolerance and abs(r["final_change"]) < tolerance
-                               for r in summary["rows"])
+    summary["converged"] = converged(summary["rows"], summary.setdefault("tolerance", 0.02))
     out.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -79,12 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
         result = json.loads(args.table.read_text())
         print(markdown_table(result))
         return result
-    spec = load_yaml(args.grid)
-    settings = dict(spec.get("settings", {}))
-    if args.full and isinstance(spec.get("full_reference"), dict):
-        settings.update(spec["full_reference"])
+    spec = load_grid(args.grid)
     strategy = "full" if args.full else "random"
-    dataset = str(Path(spec["datasets"][0]).resolve())
+    settings = settings_for(spec, strategy)
+    dataset = str(Path(spec.datasets[0]).resolve())
     rows = []
     start = time.perf_counter()
     for fold in args.folds:
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(row), flush=True)
             if args.out:  # after every (fold, seed): a cut-short run keeps what it measured
                 args.out.write_text(json.dumps({"partial": True, "rows": rows}, indent=1) + "\n")
-    ok = all(abs(r["round0_change"]) < args.tolerance and abs(r["final_change"]) < args.tolerance for r in rows)
+    ok = converged(rows, args.tolerance)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {"benchmark": "cpu_protocol_convergence", "strategy": strategy, "grid": str(args.grid),
                "settings": settings,

@@ -76,7 +76,7 @@ def load_grid(path: Path) -> GridSpec:
 
 def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExperiment]:
     """Every experiment of the grid, configs built and checked; dataset paths relative to ``base``."""
-    for where, values in (("settings", spec.settings), ("full_reference", _full_settings(spec))):
+    for where, values in (("settings", spec.settings), ("full_reference", _own_settings(spec, "full"))):
         fixed = sorted(set(values) & PER_EXPERIMENT)
         if fixed:
             raise ConfigError(f"{source}: {where}: {', '.join(fixed)} is set by the grid itself (datasets, "
@@ -107,8 +107,13 @@ def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExpe
     return out
 
 
-def _full_settings(spec: GridSpec) -> dict[str, Any]:
-    return spec.full_reference if isinstance(spec.full_reference, dict) else {}
+def settings_for(spec: GridSpec, strategy: str) -> dict[str, Any]:
+    """The config fields the grid gives every experiment of ``strategy`` (the full reference's own over the rest)."""
+    return {**spec.settings, **_own_settings(spec, strategy)}
+
+
+def _own_settings(spec: GridSpec, strategy: str) -> dict[str, Any]:
+    return spec.full_reference if strategy == "full" and isinstance(spec.full_reference, dict) else {}
 
 
 def _check_sweep(spec: GridSpec, entries: list[StrategyEntry], source: str) -> None:
@@ -138,8 +143,7 @@ def _variants(entry: StrategyEntry, sweep: dict[str, list[Any]]) -> list[dict[st
 
 def _experiment(spec: GridSpec, source: str, dataset: str, name: str, strategy: str, options: dict[str, Any],
                 fold: int, seed: int) -> GridExperiment:
-    own = _full_settings(spec) if strategy == "full" else {}
-    values = {**spec.settings, **own, "dataset": dataset, "strategy": strategy, "strategy_options": options,
+    values = {**settings_for(spec, strategy), "dataset": dataset, "strategy": strategy, "strategy_options": options,
               "fold": fold, "seed": seed}
     config = build(values, f"{source} ({name}, {strategy}, fold {fold}, seed {seed})")
     label = variant_label(config.strategy, config.strategy_options)
