@@ -15,9 +15,11 @@ manifest only ``empty`` is the annotator's to change.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from nnal.annotation.manifest import MANIFEST_FILES, MANIFEST_READ_ERRORS, is_marked, manifest_rows, slice_key
 from nnal.annotation.store import BATCH_COLUMNS, AnnotationStore, open_annotation_experiment
 from nnal.annotation.volumes import as_nifti_gz, index_along, label_dtype, nifti_bytes, world_position
+from nnal.annotation.writable import refuse_unwritable
 from nnal.config import Config
 from nnal.dataset import RawDataset
 from nnal.errors import NnalError
@@ -70,11 +74,29 @@ def pending_round(folder: ExperimentFolder, store: AnnotationStore) -> int | Non
 def export_batch(folder: ExperimentFolder, store: AnnotationStore, round_: int, config: Config, backend: Any,
                  weights: Any) -> Path:
     """Write the round's batch for the annotator (``weights``: the model that fills the presegmentation, None in
-    round 0). Every file atomically; an existing ``masks/`` folder is left as it is."""
+    round 0). Every file atomically. Exported again, the batch keeps what the annotator did: ``masks/`` is left as
+    it is, and the new manifest keeps the slices marked empty and the time the batch was first handed out."""
     out = folder.annotate_dir(round_)
-    selection = folder.read_selection(round_)
+    earlier = _earlier_export(out, round_)  # read before the manifest is rewritten
+    batch = _write_volumes(folder, store, round_, backend, weights, out)
+    atomic_write_text(folder.batch_file(round_), batch.to_csv(index=False))
+    marked = [slice_key(row) in earlier.empty for row in batch.to_dict("records")]
+    manifest = batch.assign(empty=marked)[MANIFEST_COLUMNS]
+    atomic_write_text(out / "manifest.csv", manifest.to_csv(index=False))
+    atomic_write_json(out / "manifest.json", {
+        "round": round_, "strategy": config.strategy, "experiment": config.experiment,
+        "labels": dict(store.dataset.labels), **(earlier.exported or _now()),
+        "slices": [_json_row(r) for r in manifest.to_dict("records")]})
+    atomic_write_text(out / "README.md", _readme(round_, manifest, store.dataset))
+    (out / "masks").mkdir(exist_ok=True)
+    return out
+
+
+def _write_volumes(folder: ExperimentFolder, store: AnnotationStore, round_: int, backend: Any, weights: Any,
+                   out: Path) -> pd.DataFrame:
+    """Per selected case its images, known labels and presegmentation; the selected slices located in them."""
     rows = []
-    for case, picked in selection.groupby("case", sort=True):
+    for case, picked in folder.read_selection(round_).groupby("case", sort=True):
         axis, offset = backend.slice_location(case)
         pool_slices = picked["slice"].to_numpy()
         image = store.image(case)
@@ -93,17 +115,48 @@ def export_batch(folder: ExperimentFolder, store: AnnotationStore, round_: int, 
             world_axis, mm = world_position(image.affine, image.shape, axis, int(s + offset))
             rows.append({"id": int(row["id"]), "case": case, "axis": axis, "slice": int(s + offset),
                          "pool_slice": int(s), "world_axis": world_axis, "world_mm": mm, "score": row["score"]})
-    batch = pd.DataFrame(rows, columns=BATCH_COLUMNS)
-    atomic_write_text(folder.batch_file(round_), batch.to_csv(index=False))
-    manifest = batch.assign(empty=False)[MANIFEST_COLUMNS]
-    atomic_write_text(out / "manifest.csv", manifest.to_csv(index=False))
-    atomic_write_json(out / "manifest.json", {
-        "round": round_, "strategy": config.strategy, "experiment": config.experiment,
-        "labels": dict(store.dataset.labels), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "exported_unix": time.time(), "slices": [_json_row(r) for r in manifest.to_dict("records")]})
-    atomic_write_text(out / "README.md", _readme(round_, manifest, store.dataset))
-    (out / "masks").mkdir(exist_ok=True)
-    return out
+    return pd.DataFrame(rows, columns=BATCH_COLUMNS)
+
+
+@dataclass(frozen=True)
+class EarlierExport:
+    """What the batch folder holds of an earlier export that is not nnal's to forget."""
+
+    empty: set[tuple[str, int, int]]  # slices the annotator marked empty, in manifest.csv or manifest.json
+    exported: dict[str, Any] | None  # when the batch was first handed out (the annotator's time counts from it)
+
+
+def _earlier_export(out: Path, round_: int) -> EarlierExport:
+    """The marks of the manifest files in ``out``; one that cannot be read (or is another round's) is kept beside
+    it as ``<name>.unreadable`` before it is rewritten, so nothing the annotator wrote is lost."""
+    empty: set[tuple[str, int, int]] = set()
+    exported = None
+    for name in MANIFEST_FILES:
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            rows, named_round = manifest_rows(path)
+            if named_round not in (None, round_):
+                raise ValueError(f"the manifest of round {named_round}")
+            empty |= {slice_key(row) for row in rows if is_marked(row.get("empty", False))}
+        except MANIFEST_READ_ERRORS:
+            atomic_write_bytes(path.with_name(f"{name}.unreadable"), path.read_bytes())
+            continue
+        if name.endswith(".json"):
+            exported = _export_time(path)
+    return EarlierExport(empty, exported)
+
+
+def _export_time(manifest_json: Path) -> dict[str, Any] | None:
+    meta = json.loads(manifest_json.read_text())
+    if not isinstance(meta.get("exported_unix"), int | float) or isinstance(meta["exported_unix"], bool):
+        return None
+    return {"exported_at": meta.get("exported_at"), "exported_unix": meta["exported_unix"]}
+
+
+def _now() -> dict[str, Any]:
+    return {"exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exported_unix": time.time()}
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -137,13 +190,31 @@ def query(root: Path, backend_factory: Callable[[RawDataset, Path, Config], Any]
     """``nnal query DIR``: (re)export the pending batch with the current model's presegmentation."""
     folder, config, dataset = open_annotation_experiment(
         root, "the simulated oracle reveals labels itself, there is nothing to annotate")
+    refuse_unwritable(_export_paths(folder, _waiting_round(folder, dataset)), "query")
     with folder.lock():
         store = AnnotationStore(folder, dataset)
-        round_ = pending_round(folder, store)
-        if round_ is None:
-            raise NnalError(f"{root}: no selection waits for annotation; run 'nnal run --output {root}' to train "
-                            "and select the next batch")
+        round_ = _waiting_round(folder, dataset)  # as it is now, under the lock
         cache = Path(folder.read_environment().get("nnunet_root", folder.root / "nnunet" / "x")).parent
         backend = backend_factory(dataset, cache, config)
         weights = backend.load_weights(folder.checkpoint_file(round_ - 1)) if round_ > 0 else None
         return export_batch(folder, store, round_, config, backend, weights)
+
+
+def _waiting_round(folder: ExperimentFolder, dataset: RawDataset) -> int:
+    round_ = pending_round(folder, AnnotationStore(folder, dataset))
+    if round_ is None:
+        raise NnalError(f"{folder.root}: no selection waits for annotation; run 'nnal run --output {folder.root}' "
+                        "to train and select the next batch")
+    return round_
+
+
+def _export_paths(folder: ExperimentFolder, round_: int) -> list[Path]:
+    """What exporting ``round_`` writes: the lock, the round's batch.csv, the batch folder and its subfolders, and
+    the lock of nnU-Net's data in the experiment (opened by the backend)."""
+    out = folder.annotate_dir(round_)
+    paths = [folder.root, folder.lock().path, folder.round_dir(round_), out,
+             *(out / sub for sub in ("images", "labels", "presegmentation"))]
+    nnunet_root = folder.read_environment().get("nnunet_root")
+    if nnunet_root:
+        paths += [Path(nnunet_root), Path(nnunet_root) / ".lock"]
+    return paths

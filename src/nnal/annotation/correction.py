@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from nnal.annotation.ingest import TRUE_WORDS
+from nnal.annotation.manifest import TRUE_WORDS
 from nnal.annotation.volumes import Unreadable, index_along, label_dtype, nifti_bytes, read_volume
 from nnal.dataset import UNREADABLE
 from nnal.errors import NnalError

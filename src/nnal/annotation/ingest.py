@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from nnal.annotation.batch import pending_round
+from nnal.annotation.manifest import MANIFEST_READ_ERRORS, is_marked, manifest_rows, slice_key
 from nnal.annotation.store import AnnotationStore, open_annotation_experiment
 from nnal.annotation.volumes import Unreadable, case_name, index_along, label_dtype, read_volume
+from nnal.annotation.writable import refuse_unwritable
 from nnal.dataset_checks import check_geometry, geometry
 from nnal.errors import DatasetError, NnalError
-
-TRUE_WORDS = frozenset({"true", "1", "yes", "y", "x"})
 
 
 class IngestError(NnalError):
@@ -61,7 +61,8 @@ def ingest(root: Path, masks: Path | None = None, *, on_file_written=None) -> In
         raise NnalError(f"{masks}: not a folder of masks")
     batch = store.batch(round_)
     if store.ingested(round_):
-        return _again(store, round_, batch, masks)
+        return _again(store, round_, batch, masks)  # writes nothing
+    refuse_unwritable(store.commit_paths(round_), "ingest")
     empty = _manifest_empty(_manifest_dir(masks, batch_dir), batch, round_)
     volumes = _checked_masks(store, batch, masks, empty)
     with folder.lock():
@@ -106,38 +107,23 @@ def _manifest_empty(where: Path, batch: pd.DataFrame, round_: int) -> set[int]:
             continue
         found = True
         try:
-            if name.endswith(".csv"):
-                rows = pd.read_csv(path, dtype={"case": str}).to_dict("records")
-            else:
-                meta = json.loads(path.read_text())
-                if meta.get("round", round_) != round_:
-                    raise IngestError([f"{path}: the manifest of round {meta.get('round')}, but round {round_} "
-                                       "waits for masks"])
-                rows = meta["slices"]
-            listed = {(str(r["case"]), int(r["axis"]), int(r["slice"])): r.get("empty", False) for r in rows}
-        except IngestError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, pd.errors.ParserError) as err:
+            rows, named_round = manifest_rows(path)
+            listed = {slice_key(r): r.get("empty", False) for r in rows}
+        except MANIFEST_READ_ERRORS as err:
             raise IngestError([f"{path}: unreadable manifest ({err.__class__.__name__}); export it again with "
                                "'nnal query'"]) from None
+        if named_round not in (None, round_):
+            raise IngestError([f"{path}: the manifest of round {named_round}, but round {round_} waits for masks"])
         extra, missing = sorted(set(listed) - expected), sorted(expected - set(listed))
         if extra or missing:
             what = (f"lists case {extra[0][0]} slice {extra[0][2]}, which is not in round {round_}'s batch" if extra
                     else f"leaves out case {missing[0][0]} slice {missing[0][2]} of round {round_}'s batch")
             raise IngestError([f"{path}: {what}; only the 'empty' column is yours to change (slice "
                                f"{(extra or missing)[0][2]})"])
-        empty |= {int(by_location[key]) for key, flag in listed.items() if _true(flag)}
+        empty |= {int(by_location[key]) for key, flag in listed.items() if is_marked(flag)}
     if not found:
         raise IngestError([f"{where / 'manifest.csv'}: missing; export the batch again with 'nnal query'"])
     return empty
-
-
-def _true(flag: object) -> bool:
-    if isinstance(flag, bool | np.bool_):
-        return bool(flag)
-    if isinstance(flag, int | float) and not (isinstance(flag, float) and np.isnan(flag)):
-        return flag == 1
-    return str(flag).strip().lower() in TRUE_WORDS
 
 
 def _mask_files(masks: Path, cases: list[str]) -> tuple[dict[str, Path], list[str]]:

@@ -77,6 +77,13 @@ class AnnotationStore:
         """The round's selected slices located in the raw arrays (written when the batch was exported)."""
         return pd.read_csv(self.folder.batch_file(round_), dtype={"case": str})
 
+    def commit_paths(self, round_: int) -> list[Path]:
+        """What committing ``round_`` writes: the lock, ``annotations.json`` (in the experiment folder),
+        ``annotations/`` and a round folder a killed ingest left in it (replaced). The staging folder needs none
+        of them beyond these: beside the experiment where its parent is writable, else in ``annotations/``."""
+        root = self.folder.root
+        return [root, self.folder.lock().path, root / "annotations", self.folder.annotation_dir(round_)]
+
     def commit(self, round_: int, volumes: Mapping[str, np.ndarray], entry: Mapping[str, Any],
                on_file_written=None) -> None:
         """Write the round's volumes into a staging folder beside the experiment, move it in with one rename, then
