@@ -37,6 +37,9 @@ class World:
         self.experiment = root / "exp"
         run_experiment(build(yaml.safe_load(self.config.read_text())), self.experiment, progress=False,
                        backend_factory=fake_backend)
+        # made by the fast fake model, it stands for an nnU-Net experiment: the corpus runs the real `nnal run` on it
+        environment = self.experiment / "environment.json"
+        environment.write_text(json.dumps({**json.loads(environment.read_text()), "backend": "nnunet"}))
 
     def args(self, *extra: object, config: Path | None = None, output: Path | None = None) -> list:
         return ["run", "--config", config or self.config, "--output", output or self.experiment, "--quiet", *extra]

@@ -129,7 +129,8 @@ def grid(
     grid_file: Annotated[Path, typer.Argument(help="grid YAML: datasets, strategies (variants), folds, seeds, "
                                               "settings, sweep, full_reference, retries (see examples/)")],
     output: Annotated[Path | None, typer.Option(help="folder for the grid's experiments, its status and report "
-                                                "(default: runs/<grid file name>)")] = None,
+                                                "(default: runs/<grid file name>, or runs/<grid file name>-dry-run "
+                                                "with --dry-run)")] = None,
     address: Annotated[str | None, typer.Option(help="join this Ray cluster (output and cache on a shared "
                                                 "filesystem); default: a local Ray instance sized to the machine")
                        ] = None,
@@ -143,10 +144,11 @@ def grid(
 ) -> None:
     """Run every experiment of a grid (skipping finished ones, resuming cut-short ones), then its report."""
     from nnal.grid import run_grid
+    from nnal.grid.driver import default_output
 
-    status = run_grid(grid_file, output or Path("runs") / grid_file.stem, executor=executor, address=address,
-                      max_parallel=max_parallel, backend="fake" if dry_run else "nnunet", report=report,
-                      emit=typer.echo)
+    status = run_grid(grid_file, output or default_output(grid_file, dry_run=dry_run), executor=executor,
+                      address=address, max_parallel=max_parallel, backend="fake" if dry_run else "nnunet",
+                      report=report, emit=typer.echo)
     if status["failed"]:
         sys.exit(1)
 

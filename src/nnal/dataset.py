@@ -265,6 +265,7 @@ def write_nnunet_raw(dataset: RawDataset, target: Path) -> Path:
         else:
             for c, image in enumerate(case.images):
                 _link(image, target / "imagesTr" / f"{case.name}_{c:04d}.nii.gz")
+    channels = len(dataset.channel_names)
     meta = {
         "name": dataset.name,
         "channel_names": dataset.channel_names,
@@ -273,6 +274,10 @@ def write_nnunet_raw(dataset: RawDataset, target: Path) -> Path:
         "file_ending": ".nii.gz",
         # nibabel reads NIfTI without SimpleITK, which is not available on every machine nnal runs on
         "overwrite_image_reader_writer": "NibabelIO",
+        # every case's files named here: without this key nnU-Net lists imagesTr in a fork()ed multiprocessing
+        # Pool, which can hang for ever inside a threaded process (a Ray worker); see docs/grids.md
+        "dataset": {case.name: {"images": [f"imagesTr/{case.name}_{c:04d}.nii.gz" for c in range(channels)],
+                                "label": f"labelsTr/{case.name}.nii.gz"} for case in dataset.cases},
     }
     (target / "dataset.json").write_text(json.dumps(meta, indent=1))
     return target

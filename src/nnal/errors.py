@@ -26,3 +26,7 @@ class ReportError(NnalError, ValueError):
 
 class EnvironmentProblem(NnalError):
     """The machine cannot run the request: a missing device, a path that is not writable, too little disk."""
+
+
+class FolderError(NnalError):
+    """An experiment folder whose files disagree with its own state (a file missing, damaged or changed)."""

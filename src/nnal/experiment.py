@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -37,7 +38,7 @@ import pandas as pd
 
 from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_yaml, upgrade_saved
 from nnal.dataset import fingerprint_changes
-from nnal.errors import ConfigError, DatasetError, EnvironmentProblem, LockedError
+from nnal.errors import ConfigError, DatasetError, EnvironmentProblem, FolderError, LockedError
 from nnal.pool import SlicePool
 from nnal.strategies import get_strategy
 
@@ -111,6 +112,19 @@ class FolderLock:
             self._fh.close()
 
 
+def is_locked(path: Path) -> bool:
+    """Whether a process holds an ``flock`` on ``path`` now (an experiment running, a cache being prepared)."""
+    if not Path(path).is_file():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 class State:
     """The last finished (round, phase), plus seconds per phase; rewritten atomically after each phase."""
 
@@ -118,7 +132,7 @@ class State:
         self.path = Path(path)
         self.data: dict[str, Any] = {"round": -1, "phase": PHASES[-1], "seconds": {}}
         if self.path.is_file():
-            self.data = json.loads(self.path.read_text())
+            self.data = _read_state(self.path)
 
     def done(self, round_: int, phase: str) -> bool:
         last = (self.data["round"], PHASES.index(self.data["phase"]))
@@ -128,6 +142,21 @@ class State:
         self.data["round"], self.data["phase"] = round_, phase
         self.data["seconds"].setdefault(str(round_), {})[phase] = round(seconds, 3)
         atomic_write_json(self.path, self.data)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``state.json`` as written by :meth:`State.finish`; anything else is one FolderError line."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FolderError(f"{path}: unreadable ({type(err).__name__}); the record of which phases finished is "
+                          "lost: restore it from a backup, or start the experiment again in another --output") from None
+    valid = (isinstance(data, dict) and isinstance(data.get("round"), int) and not isinstance(data["round"], bool)
+             and data["round"] >= -1 and data.get("phase") in PHASES and isinstance(data.get("seconds"), dict))
+    if not valid:
+        raise FolderError(f"{path}: malformed (expected round, phase and seconds as nnal writes them); restore it "
+                          "from a backup, or start the experiment again in another --output")
+    return data
 
 
 def _setting(config: Config, field: str) -> Any:
@@ -199,16 +228,7 @@ class ExperimentFolder:
 
     def busy(self) -> bool:
         """Whether a process holds the experiment's lock now (it is running)."""
-        path = self.root / ".lock"
-        if not path.is_file():
-            return False
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return is_locked(self.root / ".lock")
 
     def finished(self, rounds: int) -> bool:
         """Whether the experiment has evaluated its last round (``rounds``)."""
@@ -331,7 +351,10 @@ class ExperimentFolder:
         atomic_write_json(self.annotations_file, dict(record))
 
     def write_checkpoint(self, round_: int, data: bytes) -> None:
+        """The round's weights; their digest goes into the state with the phase's end, so that a changed or
+        truncated file is recognised before a run goes on from it."""
         atomic_write_bytes(self.checkpoint_file(round_), data)
+        self.state.data.setdefault("checkpoint_sha256", {})[str(round_)] = hashlib.sha256(data).hexdigest()
 
     def write_metrics(self, round_: int, frame: pd.DataFrame) -> None:
         atomic_write_text(self.metrics_file(round_), frame[RESULT_COLUMNS].to_csv(index=False))
@@ -361,5 +384,8 @@ class ExperimentFolder:
         self.write_metrics(0, metrics)
         self.write_results()
         self.state.data["seconds"]["0"] = source.state.data["seconds"].get("0", {})
+        digest = source.state.data.get("checkpoint_sha256", {}).get("0")
+        if digest is not None:
+            self.state.data.setdefault("checkpoint_sha256", {})["0"] = digest
         self.finish(0, "evaluate", 0.0)
         return True

@@ -25,11 +25,19 @@ from tqdm import tqdm
 from nnal import __version__
 from nnal.annotation.oracle import Oracle, make_oracle
 from nnal.config import Config
+from nnal.consistency import check_folder, results_need_rebuild, scores_readable
 from nnal.dataset import RawDataset, fingerprint, load_dataset, validate
 from nnal.errors import ConfigError
 from nnal.experiment import PHASES, RESULT_COLUMNS, ExperimentFolder
 from nnal.pool import SlicePool
-from nnal.preflight import check_device, check_disk, check_writable_folder, is_preprocessed
+from nnal.preflight import (
+    check_device,
+    check_disk,
+    check_memory,
+    check_writable_folder,
+    cuda_available,
+    is_preprocessed,
+)
 from nnal.provenance import git_commit
 from nnal.strategies import PoolView, Strategy, get_strategy
 
@@ -53,29 +61,31 @@ def nnunet_backend(dataset: RawDataset, cache: Path, config: Config):
 def run_experiment(config: Config, output: Path, cache: Path | None = None, share_round0: Path | None = None,
                    progress: bool = True, backend_factory: BackendFactory = nnunet_backend) -> pd.DataFrame:
     """Run (or resume) an experiment in ``output``; return its results table."""
-    config = config.resolved()
+    config = settled(config)
     strategy = get_strategy(config.strategy)
-    if strategy.name == "full":  # the full-label reference: one round on every pool slice, same schedule
-        config = config.replace(rounds=0)
     folder = ExperimentFolder(output)
     cache = Path(cache or folder.root / "nnunet")
     # every check before anything is written: a mistake leaves no trace and costs no work
     check_writable_folder(folder.root, "output")
     check_writable_folder(cache, "cache")
-    config = folder.reconcile(_named(config))
+    config = folder.reconcile(config)
+    check_backend(folder, backend_factory)
+    check_folder(folder, config.rounds)
     dataset = load_dataset(config.dataset, labels_optional=config.oracle == "human")
     validate(dataset)
     _check_annotation_cache(config, folder, cache)
-    _check_redundancy(config, dataset, cache, backend_factory)
+    check_settings(config, dataset, cache, backend_factory)
     identity = fingerprint(dataset)
     folder.check_dataset(identity)
     check_device(config.device)
-    check_disk(dataset, cache, cache_ready=is_preprocessed(dataset, cache))
+    check_disk(dataset, cache, cache_ready=is_preprocessed(dataset, cache), output=folder.root)
 
     with folder.lock():
         config = folder.reconcile(config)  # again under the lock: another process may have started it meanwhile
         folder.write_config(config)
         folder.write_fingerprint(identity)
+        if results_need_rebuild(folder):  # derived from the rounds' metrics
+            folder.write_results()
         backend = backend_factory(dataset, cache, config)
         folder.write_environment(_environment(backend))
         pool, test_cases = _pool_and_test(backend, config, folder)
@@ -92,8 +102,10 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
             if weights is None and r > 0:
                 weights = backend.load_weights(folder.checkpoint_file(r - 1))
 
-            # 1. score the unlabeled pool with the previous round's model (only what the strategy reads)
-            if r > 0 and not folder.done(r, "score"):
+            # 1. score the unlabeled pool with the previous round's model (only what the strategy reads); scores lost
+            # before their selection are scored again (the same seed gives the same scores)
+            lost = not folder.done(r, "select") and not scores_readable(folder, r)
+            if r > 0 and (not folder.done(r, "score") or lost):
                 t = time.perf_counter()
                 scores = _score(backend.model(weights), config, strategy, pool, unlabeled, labeled, r, progress)
                 folder.write_scores(r, scores)
@@ -147,12 +159,40 @@ def _check_annotation_cache(config: Config, folder: ExperimentFolder, cache: Pat
                           "leave --cache unset")
 
 
-def _named(config: Config) -> Config:
-    """The dataset as an absolute path, and a default experiment name."""
+def settled(config: Config) -> Config:
+    """The config as an experiment folder saves it: schedule filled from the preset, the full-label reference as
+    one round (every pool slice, the same schedule), the dataset as an absolute path, a default experiment name."""
+    config = config.resolved()
+    if config.strategy == "full":
+        config = config.replace(rounds=0)
     config = config.replace(dataset=str(Path(config.dataset).resolve()))
     if config.experiment:
         return config
     return config.replace(experiment=f"{Path(config.dataset).name}-{config.strategy}-f{config.fold}-s{config.seed}")
+
+
+def check_backend(folder: ExperimentFolder, backend_factory: BackendFactory) -> None:
+    """A folder never mixes nnU-Net's results with the fake model's (a dry run): the two are refused in one line."""
+    recorded = folder.read_environment().get("backend", "nnunet") if folder.environment_file.is_file() else None
+    wanted = "nnunet" if backend_factory is nnunet_backend else "fake"
+    if recorded is not None and recorded != wanted:
+        made = "nnal's fake model (a dry run)" if recorded == "fake" else "nnU-Net"
+        raise ConfigError(f"{folder.root}: holds results of {made}; a run on "
+                          f"{'nnU-Net' if wanted == 'nnunet' else 'the fake model'} never mixes with them, use "
+                          "another output folder")
+
+
+def check_settings(config: Config, dataset: RawDataset, cache: Path, backend_factory: BackendFactory) -> None:
+    """The settings checked against the dataset (and its fold split, where the backend factory can tell it
+    beforehand), before anything is written: the redundancy case, and sizes that would not fit in memory."""
+    _check_redundancy(config, dataset, cache, backend_factory)
+    splits = getattr(backend_factory, "splits", None)
+    pool_cases = _fold_cases(splits(dataset, cache)[config.fold], config)[0] if splits is not None else None
+    duplicate = config.redundancy.case if config.redundancy is not None else None
+    copies = config.redundancy.copies if config.redundancy is not None else 0
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not cuda_available())
+    check_memory(dataset, pool_cases=pool_cases, duplicate=duplicate, copies=copies,
+                 mc_passes=config.mc_passes if on_cpu else 1, batch_size=config.score_batch_size or 1)
 
 
 def _environment(backend) -> dict[str, Any]:
@@ -258,8 +298,10 @@ def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: 
     if initial is not None:  # annotation mode: the labels already present are round 0's labeled set
         return initial, np.full(len(initial), np.nan)
     if r == 0:
-        if strategy.name == "full":
-            return rng.choice(len(pool), size=len(pool), replace=False), np.full(len(pool), np.nan)
+        if strategy.name == "full":  # every slice once: a duplicated case's copies hold no label of their own
+            originals = pool.original_ids()
+            return originals[rng.choice(len(originals), size=len(originals), replace=False)], np.full(
+                len(originals), np.nan)
         # the initial set among the original slices only, by the same draw as without duplicates: the redundancy
         # scenario starts from the labeled slices (and model) of the run without it (the paper: "after round 0")
         originals = pool.original_ids()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psutil
 
 from nnal.dataset import RawDataset, cache_key
 from nnal.errors import EnvironmentProblem
@@ -19,6 +20,10 @@ BYTES_PER_VOXEL_AND_CHANNEL = 4
 SEGMENTATION_BYTES_PER_VOXEL = 1
 RESAMPLING_MARGIN = 1.5
 CHECKPOINT_RESERVE = 256 << 20  # checkpoints, scores and logs of a few rounds
+# memory per pool slice: the pool table's row, the slice's scores and features kept for selection (generous)
+BYTES_PER_POOL_SLICE = 4096
+# per pixel, class and MC pass of a scoring batch: logits, softmax and the running reductions, float32
+BYTES_PER_SCORED_VALUE = 12
 
 
 def check_device(name: str) -> None:
@@ -29,6 +34,12 @@ def check_device(name: str) -> None:
 
     if not cuda_available():
         raise EnvironmentProblem("device: 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
+
+
+def cuda_available() -> bool:
+    from nnal.backend.runtime import cuda_available as available  # torch loads only here
+
+    return available()
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -61,14 +72,43 @@ def preprocessed_bytes(dataset: RawDataset) -> int:
     return int(total * RESAMPLING_MARGIN)
 
 
-def check_disk(dataset: RawDataset, cache: Path, cache_ready: bool) -> None:
-    """Enough free space where the cache lives: the preprocessed data (unless already there) and a reserve."""
-    need = CHECKPOINT_RESERVE + (0 if cache_ready else preprocessed_bytes(dataset))
-    existing = existing_ancestor(cache)
-    free = shutil.disk_usage(existing).free
-    if free < need:
-        raise EnvironmentProblem(f"{existing}: {free / 2**30:.2f} GiB free, the preprocessed data and checkpoints "
-                                 f"need about {need / 2**30:.2f} GiB")
+def check_disk(dataset: RawDataset, cache: Path, cache_ready: bool, output: Path | None = None) -> None:
+    """Enough free space where the cache lives (the preprocessed data, unless already there) and where the output
+    lives (checkpoints, scores and logs of a few rounds); both needs add up on one file system."""
+    needs: dict[int, tuple[Path, int, list[str]]] = {}
+    wanted = [(cache, 0 if cache_ready else preprocessed_bytes(dataset), "the preprocessed data"),
+              (output if output is not None else cache, CHECKPOINT_RESERVE, "checkpoints")]
+    for path, need, what in wanted:
+        existing = existing_ancestor(path)
+        device = os.stat(existing).st_dev
+        place, total, whats = needs.get(device, (existing, 0, []))
+        needs[device] = (place, total + need, [*whats, what])
+    for place, need, whats in needs.values():
+        free = shutil.disk_usage(place).free
+        if free < need:
+            raise EnvironmentProblem(f"{place}: {free / 2**30:.2f} GiB free, {' and '.join(whats)} need about "
+                                     f"{need / 2**30:.2f} GiB")
+
+
+def check_memory(dataset: RawDataset, *, pool_cases: list[str] | None, duplicate: str | None, copies: int,
+                 mc_passes: int, batch_size: int, available: int | None = None) -> None:
+    """Sizes that would not fit in memory, refused before any work (they would write the experiment's files, then
+    die of memory with a traceback): the slice pool (a duplicated case's copies included) and one scoring batch of
+    MC-dropout probabilities. Upper estimates from the image headers: any axis may be the slicing axis."""
+    available = psutil.virtual_memory().available if available is None else available
+    shapes = {case.name: nib.load(str(case.label or case.images[0])).shape[:3] for case in dataset.cases}
+    cases = pool_cases if pool_cases is not None else list(shapes)
+    slices = sum(max(shapes[c]) for c in cases) + (copies * max(shapes[duplicate]) if duplicate in shapes else 0)
+    if slices * BYTES_PER_POOL_SLICE > available:
+        raise EnvironmentProblem(f"redundancy.copies: {copies} copies of {duplicate} make a pool of up to {slices:,} "
+                                 f"slices, about {slices * BYTES_PER_POOL_SLICE / 2**30:,.1f} GiB for its tables "
+                                 f"and scores, more than the {available / 2**30:.1f} GiB of memory available")
+    pixels = max(int(np.prod(sorted(shape)[1:])) for shape in shapes.values())
+    batch = batch_size * mc_passes * len(dataset.labels) * pixels * BYTES_PER_SCORED_VALUE
+    if batch > available:
+        raise EnvironmentProblem(f"mc_passes, score_batch_size: {mc_passes} passes x {batch_size} slices of up to "
+                                 f"{pixels:,} pixels need about {batch / 2**30:,.1f} GiB per scoring batch, more "
+                                 f"than the {available / 2**30:.1f} GiB of memory available; lower them")
 
 
 def is_preprocessed(dataset: RawDataset, cache: Path) -> bool:

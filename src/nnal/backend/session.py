@@ -120,7 +120,8 @@ class Backend:
         from importlib.metadata import version
 
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu"
-        return {"torch": torch.__version__, "nnunetv2": version("nnunetv2"), "device": str(self.device),
+        return {"backend": "nnunet", "torch": torch.__version__, "nnunetv2": version("nnunetv2"),
+                "device": str(self.device),
                 "device_name": name, "nnunet_root": str(self.root.resolve())}
 
     @staticmethod

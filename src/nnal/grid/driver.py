@@ -12,13 +12,21 @@ import yaml
 from nnal import __version__
 from nnal.errors import ConfigError
 from nnal.experiment import atomic_write_text
-from nnal.grid.progress import Progress
-from nnal.grid.run import BACKENDS, GridRun, check_datasets, plan, run_local, run_ray, write_status
+from nnal.grid.checks import check_datasets, check_output, check_settings_of
+from nnal.grid.progress import Progress, preparation_steps
+from nnal.grid.run import BACKENDS, GridRun, plan, run_local, write_status
 from nnal.grid.spec import expand, load_grid
 from nnal.preflight import check_device, check_writable_folder
 from nnal.provenance import git_commit
 
 EXECUTORS = ("ray", "local")
+DRY_RUN_NOTE = "DRY RUN: every number comes from nnal's fake model, not nnU-Net; these are not results"
+
+
+def default_output(grid_file: Path, *, dry_run: bool) -> Path:
+    """``runs/<grid file name>``; a dry run's own ``runs/<grid file name>-dry-run``, so its fake results never
+    become the real grid's."""
+    return Path("runs") / (f"{grid_file.stem}-dry-run" if dry_run else grid_file.stem)
 
 
 def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | None = None,
@@ -36,7 +44,6 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     experiments = expand(spec, str(path), base=Path.cwd())
     # every check before anything is written
     check_writable_folder(output, "output")
-    check_datasets(experiments)
     devices = {e.config.device for e in experiments}
     for device in devices:
         check_device(device)
@@ -46,16 +53,29 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     threads = max(1, cores // parallel)
     run = GridRun(output, executor=executor, address=address, max_parallel=parallel, backend=backend,
                   retries=spec.retries, on_progress=emit)
+    datasets = check_datasets(experiments)
+    check_settings_of(experiments, datasets, run, str(path))
+    check_output(experiments, run, str(path))
+    if executor == "ray" and address is not None:
+        from nnal.grid.ray_executor import check_cluster
+
+        check_cluster(address)
+
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "grid.yaml", path.read_text())
     steps = plan(experiments, run, threads)
+    if backend == "fake":
+        emit(DRY_RUN_NOTE)
     emit(f"grid {path}: {len(experiments)} experiments ({len(experiments) - sum(s.kind == 'experiment' for s in steps)}"
          f" already done), executor {executor}, {parallel} at a time, {threads} thread(s) each")
-    progress = Progress(experiments, output, run.outcomes, parallel, emit=emit)
+    progress = Progress(experiments, output, run.outcomes, parallel, emit=emit,
+                        preparing=preparation_steps(steps, datasets, run))
     start = time.perf_counter()
     if executor == "local":
         run_local(steps, run, progress)
     else:
+        from nnal.grid.ray_executor import run_ray
+
         run_ray(steps, run, progress, threads, 1.0 if gpus else 0.0)
     seconds = time.perf_counter() - start
     progress.update(force=True)
@@ -70,6 +90,8 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
         page = build_full_report(done, output / "report")
         emit(f"report: {page}")
     emit(f"grid status: {status}  ({seconds:.0f} s)")
+    if backend == "fake":
+        emit(DRY_RUN_NOTE)
     return {"experiments": len(experiments), "failed": len(failed), "seconds": seconds}
 
 

@@ -8,12 +8,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnal.experiment import PHASES, ExperimentFolder
+from nnal.dataset import RawDataset, cache_key
+from nnal.experiment import PHASES, ExperimentFolder, is_locked
 from nnal.grid.spec import GridExperiment
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """A step before the experiments (a dataset's planning and preprocessing, a shared round 0) and the lock its
+    process holds while it runs."""
+
+    label: str
+    lock: Path
+
+
+def preparation_steps(steps: list, datasets: dict[str, RawDataset], run) -> list[Preparation]:
+    """The grid's prepare and round-0 steps, with their locks (the cache's, the round-0 folder's)."""
+    out = []
+    for step in steps:
+        if step.kind == "prepare":
+            dataset = datasets[step.args[0]["dataset"]]
+            out.append(Preparation(f"preparing {dataset.name} (nnU-Net planning and preprocessing)",
+                                   run.cache / cache_key(dataset) / ".lock"))
+        elif step.kind == "round0":
+            out.append(Preparation(f"round 0 of {Path(step.args[1]).name} (shared initial model)",
+                                   Path(step.args[1]) / ".lock"))
+    return out
 
 
 @dataclass
@@ -23,6 +47,7 @@ class Progress:
     outcomes: dict[str, dict]
     parallel: int
     emit: Callable[[str], None] = print
+    preparing: list[Preparation] = field(default_factory=list)
     every: float = 10.0
     start: float = field(default_factory=time.monotonic)
     _last: float = 0.0
@@ -73,7 +98,8 @@ class Progress:
             line += f"; about {_minutes(left * per / max(1, self.parallel))} left"
         elif left > 0 and 0 < sum(snap["fractions"]):
             line += f"; about {_minutes(elapsed * left / sum(snap['fractions']))} left"
-        return "\n".join([line, *(f"    running: {r}" for r in snap["running"])])
+        steps = [p.label for p in self.preparing if is_locked(p.lock)]
+        return "\n".join([line, *(f"    running: {s}" for s in steps), *(f"    running: {r}" for r in snap["running"])])
 
     def update(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -9,7 +9,6 @@ skipped and cut-short ones resume (the experiment folders are the record); a fai
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nnal.config import ROUND0_FIELDS, build
-from nnal.dataset import load_dataset, validate
+from nnal.dataset import load_dataset
 from nnal.experiment import ExperimentFolder, atomic_write_json
 from nnal.grid.progress import Progress
 from nnal.grid.spec import GridExperiment
@@ -51,16 +50,10 @@ class GridRun:
         return self.output / "round0" / group
 
 
-def check_datasets(experiments: list[GridExperiment]) -> None:
-    """Every dataset of the grid read and checked before any work (DatasetError names the file)."""
-    for path in sorted({e.config.dataset for e in experiments}):
-        validate(load_dataset(path))
-
-
 # --- the steps (module-level functions: Ray ships them to its workers) ------------------------------------------
 
 
-def _backend_factory(name: str):
+def backend_factory(name: str):
     if name == "fake":
         from nnal.backend.fake import fake_backend
 
@@ -80,7 +73,7 @@ def prepare_step(config: dict, cache: str, backend: str, threads: int) -> str:
     """Plan and preprocess one dataset into the shared cache (the first step of everything on it)."""
     _use_threads(threads)
     conf = build(config, "grid")
-    _backend_factory(backend)(load_dataset(conf.dataset), Path(cache), conf)
+    backend_factory(backend)(load_dataset(conf.dataset), Path(cache), conf)
     return conf.dataset
 
 
@@ -93,7 +86,7 @@ def experiment_step(config: dict, folder: str, cache: str, share_round0: str | N
     start = time.perf_counter()
     run_experiment(build(config, "grid"), Path(folder), cache=Path(cache),
                    share_round0=Path(share_round0) if share_round0 else None, progress=False,
-                   backend_factory=_backend_factory(backend))
+                   backend_factory=backend_factory(backend))
     return {"folder": folder, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -131,16 +124,21 @@ def plan(experiments: list[GridExperiment], run: GridRun, threads: int) -> list[
             share = str(holder)
             if exp.round0_group not in groups:
                 groups[exp.round0_group] = f"round0:{exp.round0_group}"
-                # only what decides round 0 (and how fast it runs): a grid that changes later rounds reuses it
-                round0 = {**{k: config[k] for k in (*ROUND0_FIELDS, *ROUND0_RUNTIME)}, "strategy": "random",
-                          "rounds": 0, "experiment": f"round0-{exp.round0_group}"}
                 steps.append(Step(groups[exp.round0_group], "round0",
-                                  (round0, str(holder), str(run.cache), None, run.backend, threads),
+                                  (round0_config(config, exp.round0_group), str(holder), str(run.cache), None,
+                                   run.backend, threads),
                                   (prepared[dataset],)))
             needs.append(groups[exp.round0_group])
         steps.append(Step(exp.folder, "experiment",
                           (config, str(folder), str(run.cache), share, run.backend, threads), tuple(needs)))
     return steps
+
+
+def round0_config(config: dict, group: str) -> dict:
+    """The config of a shared round 0: only what decides it (and how fast it runs), so that a grid changing later
+    rounds reuses it."""
+    return {**{k: config[k] for k in (*ROUND0_FIELDS, *ROUND0_RUNTIME)}, "strategy": "random", "rounds": 0,
+            "experiment": f"round0-{group}"}
 
 
 # --- executors ---------------------------------------------------------------------------------------------------
@@ -153,7 +151,7 @@ def run_local(steps: list[Step], run: GridRun, progress: Progress) -> None:
         blocked = [n for n in step.needs if n in failed]
         if blocked:
             failed[step.key] = f"not run: {blocked[0]} failed ({failed[blocked[0]]})"
-            _record(run, step, "failed", failed[step.key])
+            record(run, step, "failed", failed[step.key])
             continue
         progress.started(step.key)
         for attempt in range(run.retries + 1):
@@ -163,56 +161,15 @@ def run_local(steps: list[Step], run: GridRun, progress: Progress) -> None:
                 error = f"{type(err).__name__}: {err}".splitlines()[0]
                 if attempt == run.retries:
                     failed[step.key] = error
-                    _record(run, step, "failed", error, traceback=traceback.format_exc(), attempts=attempt + 1)
+                    record(run, step, "failed", error, traceback=traceback.format_exc(), attempts=attempt + 1)
             else:
-                _record(run, step, "done", seconds=(result or {}).get("seconds") if isinstance(result, dict) else None,
+                record(run, step, "done", seconds=(result or {}).get("seconds") if isinstance(result, dict) else None,
                         attempts=attempt + 1)
                 break
         progress.update(force=True)
 
 
-def run_ray(steps: list[Step], run: GridRun, progress: Progress, threads: int, gpus: float) -> None:
-    """Every step as a Ray task; a task's arguments include the refs of the steps it needs."""
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        if run.address:
-            ray.init(address=run.address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
-    try:
-        refs: dict[str, Any] = {}
-        for step in steps:
-            fn = prepare_step if step.kind == "prepare" else experiment_step
-            task = ray.remote(fn).options(num_cpus=threads, num_gpus=gpus if step.kind != "prepare" else 0,
-                                          max_retries=run.retries, retry_exceptions=True, name=step.key)
-            deps = [refs[n] for n in step.needs]
-            refs[step.key] = task.remote(*step.args, *deps) if step.kind != "prepare" else task.remote(*step.args)
-        by_ref = {ref: key for key, ref in refs.items()}
-        pending = list(refs.values())
-        kinds = {s.key: s for s in steps}
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=2.0)
-            for ref in ready:
-                step = kinds[by_ref[ref]]
-                try:
-                    result = ray.get(ref)
-                except Exception as err:  # noqa: BLE001
-                    cause = getattr(err, "cause", None) or err
-                    error = f"{type(cause).__name__}: {cause}".splitlines()[0]
-                    _record(run, step, "failed", error, traceback=str(err)[-4000:], attempts=run.retries + 1)
-                else:
-                    _record(run, step, "done",
-                            seconds=result.get("seconds") if isinstance(result, dict) else None)
-            progress.update()
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _record(run: GridRun, step: Step, status: str, error: str | None = None, **extra: Any) -> None:
+def record(run: GridRun, step: Step, status: str, error: str | None = None, **extra: Any) -> None:
     if step.kind != "experiment":
         if status == "failed":
             run.on_progress(f"{step.key} failed: {error}")
@@ -232,11 +189,9 @@ def write_status(run: GridRun, experiments: list[GridExperiment], spec: dict, se
         rows.append({"folder": exp.folder, "dataset": Path(exp.config.dataset).name, "variant": exp.label,
                      "fold": exp.config.fold, "seed": exp.config.seed, **outcome})
     path = run.output / "grid.json"
-    atomic_write_json(path, {"grid": spec, "executor": run.executor, "seconds": round(seconds, 1),
-                             "experiments": rows, "environment": environment})
+    atomic_write_json(path, {"grid": spec, "executor": run.executor, "backend": run.backend,
+                             "dry_run": run.backend == "fake", "seconds": round(seconds, 1), "experiments": rows,
+                             "environment": environment})
     return path
 
 
-def read_status(output: Path) -> dict:
-    path = Path(output) / "grid.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
