@@ -229,3 +229,15 @@ def test_query_again_keeps_an_unreadable_manifest_beside_the_new_one(exp):
     expected[marked_in_json_only] = False  # its mark is in the kept file, not readable
     meta = json.loads((batch(exp) / "manifest.json").read_text())
     assert [row["empty"] for row in meta["slices"]] == manifest(exp)["empty"].tolist() == expected
+
+
+def test_query_again_keeps_a_presegmentation_the_annotator_corrected_in_place(exp):
+    """ITK-SNAP's plain "Save Segmentation" writes back to presegmentation/<case>.nii.gz: a re-export keeps it."""
+    path = sorted((batch(exp) / "presegmentation").glob("*.nii.gz"))[0]
+    image = nib.load(str(path))
+    corrected = np.asarray(image.dataobj).copy()
+    corrected[0] = 1
+    nib.save(nib.Nifti1Image(corrected, image.affine), str(path))
+    edited = path.read_bytes()
+    query(exp, fake_backend)
+    assert path.read_bytes() == edited

@@ -118,6 +118,20 @@ def _set(column: str, value: object, rows=0) -> Callable[[pd.DataFrame], pd.Data
     return change
 
 
+def _truncated_checkpoint(world: World) -> Path:
+    path = world.experiment / "round_001" / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    return path
+
+
+def _pool_case(world: World) -> str:
+    """A training case of fold 0 in nnU-Net's split (the real `nnal run` checks the duplicated case against it)."""
+    from nnal.backend.splits import fold_splits
+    from nnal.dataset import load_dataset
+
+    return sorted(fold_splits(load_dataset(world.dataset), world.root / "no-cache")[0]["train"])[0]
+
+
 def _no_space(world: World, monkeypatch) -> str:
     monkeypatch.setattr("nnal.preflight.shutil.disk_usage", lambda _: shutil._ntuple_diskusage(1, 1, 1000))
     return "GiB free"
@@ -201,6 +215,23 @@ CASES: dict[str, Case] = {
     "resume with another seed": lambda w: (w.args("--seed", "3"), ["config.yaml", "differs", "seed"]),
     "no space for the preprocessed data": None,  # needs monkeypatch: below
     "another process holds the folder": None,
+    # an experiment folder that disagrees with its own state
+    "a finished round's selection deleted": lambda w: _after((w.experiment / "round_001/selection.csv").unlink(),
+                                                             w.args(), ["round_001/selection.csv", "missing"]),
+    "state.json garbage": lambda w: _after((w.experiment / "state.json").write_text("{round: 1"), w.args(),
+                                           ["state.json", "unreadable"]),
+    "state.json of another shape": lambda w: _after((w.experiment / "state.json").write_text('{"round": "one"}'),
+                                                    w.args(), ["state.json", "malformed"]),
+    "the checkpoint to go on from truncated": lambda w: (w.args("--rounds", "2"), [str(_truncated_checkpoint(w)),
+                                                                                  "truncated"]),
+    "pool.csv garbage": lambda w: _after((w.experiment / "pool.csv").write_bytes(b"\x00\x01"), w.args(),
+                                         ["pool.csv"]),
+    # sizes that cannot fit in memory, refused before any work (a new output: nothing may appear)
+    "a billion redundancy copies": lambda w: (w.args(config=w.yaml_with(redundancy={"case": _pool_case(w),
+                                                                                    "copies": 10**9}),
+                                                     output=w.root / "new"), ["redundancy.copies", "memory"]),
+    "a million MC passes": lambda w: (w.args(config=w.yaml_with(mc_passes=10**6), output=w.root / "new"),
+                                      ["mc_passes", "memory"]),
     # report inputs
     "report of a folder without results": lambda w: _after((w.root / "empty").mkdir(),
                                                            ["report", w.root / "empty", "--output", w.root / "rep"],
@@ -232,7 +263,6 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, tmp_path, monkeypatch):
     world = World(tmp_path)
     world.fingerprint = world.experiment / "dataset_fingerprint.json"
-    before = _snapshot(world.experiment)
     others_before = {p.name for p in tmp_path.iterdir()}
     if name == "no space for the preprocessed data":
         args, words = world.args("--cache", tmp_path / "fresh-cache"), [_no_space(world, monkeypatch)]
@@ -240,6 +270,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, tmp_path, monkey
         args, words = world.args(), [str(world.experiment), "another nnal process"]
     else:
         args, words = CASES[name](world)
+    before = _snapshot(world.experiment)  # as the case left it: the command itself must change nothing
     if name == "another process holds the folder":
         with FolderLock(world.experiment):
             result = run_cli(args)

@@ -109,8 +109,9 @@ def _write_volumes(folder: ExperimentFolder, store: AnnotationStore, round_: int
             preseg[where] = predicted[where]
         _write_images(store.dataset, case, out / "images")
         atomic_write_bytes(out / "labels" / f"{case}.nii.gz", nifti_bytes(known.astype(label_dtype(known)), image))
-        atomic_write_bytes(out / "presegmentation" / f"{case}.nii.gz",
-                           nifti_bytes(preseg.astype(label_dtype(preseg)), image))
+        target = out / "presegmentation" / f"{case}.nii.gz"
+        if not target.is_file():  # a re-export keeps it: the same model wrote it, or the annotator corrected it there
+            atomic_write_bytes(target, nifti_bytes(preseg.astype(label_dtype(preseg)), image))
         for (_, row), s in zip(picked.iterrows(), pool_slices, strict=True):
             world_axis, mm = world_position(image.affine, image.shape, axis, int(s + offset))
             rows.append({"id": int(row["id"]), "case": case, "axis": axis, "slice": int(s + offset),
