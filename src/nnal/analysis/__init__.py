@@ -1,5 +1,6 @@
 """Evaluation and reporting over nnal experiment folders: tidy tables, statistics, figures, an HTML report."""
 
+from nnal.analysis.admission import admit
 from nnal.analysis.load import (
     ReportError,
     batch_uncertainty,
@@ -26,8 +27,9 @@ from nnal.analysis.stats import (
 )
 
 __all__ = [
-    "ReportError", "ReportExtras", "SegmentationExample", "aubc", "aubc_table", "batch_uncertainty", "build_report",
-    "correlation", "embed_2d", "fg_efficiency", "final_dice", "find_experiments", "holm", "labeled_progress",
-    "learning_curves", "load_experiment", "load_experiments", "load_results", "load_selections", "paired_test",
-    "penalty_matrix", "plot_correlations", "plot_embedding", "plot_segmentations", "reference_mismatch",
+    "ReportError", "ReportExtras", "SegmentationExample", "admit", "aubc", "aubc_table", "batch_uncertainty",
+    "build_report", "correlation", "embed_2d", "fg_efficiency", "final_dice", "find_experiments", "holm",
+    "labeled_progress", "learning_curves", "load_experiment", "load_experiments", "load_results", "load_selections",
+    "paired_test", "penalty_matrix", "plot_correlations", "plot_embedding", "plot_segmentations",
+    "reference_mismatch",
 ]

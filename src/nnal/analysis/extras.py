@@ -133,12 +133,13 @@ def extras_from_experiments(folders: list[Path]) -> ReportExtras:
 
 
 def build_full_report(dirs: list[Path], output: Path) -> Path:
-    """``build_report`` with every figure the experiments allow, predictions included (``nnal report``)."""
-    from nnal.analysis.load import find_experiments, load_experiments
+    """``build_report`` with every figure the experiments allow, predictions included (``nnal report``); the
+    predictions come from the experiments the report admits (finished ones, :func:`nnal.analysis.admission.admit`)."""
+    from nnal.analysis.admission import admit
     from nnal.analysis.report import build_report, check_output
 
     output = Path(output)
     check_output(output)  # before the predictions are drawn: a refusal costs no work
-    load_experiments(dirs)  # every folder read and checked before anything is written (ReportError)
-    folders = find_experiments(dirs)
+    admission = admit(dirs)  # every folder read and checked before anything is written (ReportError)
+    folders = [exp.path for exp in admission.experiments]
     return build_report(dirs, output, extras=extras_from_experiments(folders))

@@ -103,19 +103,26 @@ def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
     return found
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """An experiment folder's ``config.yaml`` as a mapping (not validated as a Config: older nnal wrote others)."""
+    cfg_file = ExperimentFolder(path).config_file
+    if not cfg_file.is_file():
+        raise ReportError(f"{path}: not an nnal experiment folder (no config.yaml)")
+    try:
+        config = yaml.safe_load(cfg_file.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ReportError(f"{cfg_file}: malformed YAML ({one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise ReportError(f"{cfg_file}: malformed, not a mapping")
+    return config
+
+
 def load_experiment(path: Path | str) -> Experiment:
     """Read one experiment folder (config, environment, state, pool, results, selections)."""
     path = Path(path)
     folder = ExperimentFolder(path)
     cfg_file = folder.config_file
-    if not cfg_file.is_file():
-        raise ReportError(f"{path}: not an nnal experiment folder (no config.yaml)")
-    try:
-        config = yaml.safe_load(cfg_file.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ReportError(f"{cfg_file}: malformed YAML ({one_line(err)})") from None
-    if not isinstance(config, dict):
-        raise ReportError(f"{cfg_file}: malformed, not a mapping")
+    config = read_config(path)
     results = read_results(folder.results_file)
     pool = read_csv(folder.pool_file, ["id", "case", "slice", "vox_0"], "pool.csv")
     pool = numeric_columns(pool, ["id", "slice"] + [c for c in pool.columns if c.startswith("vox_")], folder.pool_file)
@@ -178,7 +185,11 @@ def dataset_names(experiments: Sequence[Experiment]) -> dict[str, str]:
 
 def load_experiments(dirs: Iterable[Path | str]) -> list[Experiment]:
     """Every experiment among ``dirs`` (see :func:`find_experiments`); experiment names must be unique."""
-    experiments = [load_experiment(p) for p in find_experiments(dirs)]
+    return check_unique_names([load_experiment(p) for p in find_experiments(dirs)])
+
+
+def check_unique_names(experiments: list[Experiment]) -> list[Experiment]:
+    """``experiments``, refused when two folders hold experiments of one name (their rows would merge)."""
     seen: dict[str, Path] = {}
     for exp in experiments:
         if exp.name in seen:

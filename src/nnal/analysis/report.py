@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import html
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +17,9 @@ from matplotlib.figure import Figure
 
 from nnal.analysis import figures as F
 from nnal.analysis import panels as P
-from nnal.analysis.load import (
-    DATASET,
-    FULL,
-    VARIANT,
-    Experiment,
-    batch_uncertainty,
-    load_experiments,
-    load_results,
-    query_sets,
-)
+from nnal.analysis.admission import DRY_RUN_BANNER, DRY_RUN_COLUMN, Admission, admit
+from nnal.analysis.load import DATASET, FULL, VARIANT, Experiment, batch_uncertainty, load_results, query_sets
+from nnal.analysis.protocol import slug
 from nnal.analysis.redundancy import redundancy_shares
 from nnal.analysis.report_tables import (
     final_table,
@@ -47,6 +39,7 @@ main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff}
 h1{margin:0 0 4px;font-size:28px}h2{margin-top:40px;border-bottom:2px solid #e3e6eb;padding-bottom:4px}
 .meta{color:#5b6573;font-size:14px}.note{color:#5b6573;font-size:14px;margin:6px 0}
 .skipped{background:#fff7e6;border-left:4px solid #f0a020;padding:8px 12px;font-size:14px}
+.dryrun{background:#fdecea;border:3px solid #c0392b;color:#8e1b10;padding:12px 16px;font-size:18px;font-weight:700}
 figure{margin:16px 0}figure img{max-width:100%;height:auto;border:1px solid #e3e6eb}
 figcaption{font-size:14px;color:#3d4653;margin-top:6px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:4px 10px;border-bottom:1px solid #e3e6eb;
@@ -78,8 +71,8 @@ class ReportExtras:
 
 
 class _Page:
-    def __init__(self, output: Path):
-        self.output, self.parts, self.figures = output, [], []
+    def __init__(self, output: Path, dry_run: bool = False):
+        self.output, self.parts, self.figures, self.dry_run = output, [], [], dry_run
         (output / "figures").mkdir(parents=True, exist_ok=True)
         (output / "tables").mkdir(parents=True, exist_ok=True)
 
@@ -101,6 +94,9 @@ class _Page:
         if fig is None:
             self.skip(what, "no data")
             return
+        if self.dry_run:  # a figure copied out of the report still says what its numbers are
+            fig.text(0.995, 0.005, "DRY RUN: nnal's fake model, not nnU-Net", ha="right", va="bottom", fontsize=8,
+                     color="#c0392b")
         png, svg = self.output / "figures" / f"{name}.png", self.output / "figures" / f"{name}.svg"
         fig.savefig(png, dpi=110)
         fig.savefig(svg)
@@ -110,17 +106,23 @@ class _Page:
                  f'<figcaption>{caption} <a href="figures/{name}.svg">SVG</a></figcaption></figure>')
 
     def table(self, name: str, frame: pd.DataFrame, index: bool = False) -> None:
-        frame.to_csv(self.output / "tables" / f"{name}.csv", index=index)
+        csv = frame
+        if self.dry_run:  # a CSV read without the page must not pass for results: its first column says so
+            csv = frame.rename_axis(frame.index.name or "").reset_index() if index else frame.copy()
+            csv.insert(0, DRY_RUN_COLUMN, True)
+        csv.to_csv(self.output / "tables" / f"{name}.csv", index=index and not self.dry_run)
         body = frame.to_html(index=index, border=0, na_rep="–", float_format=lambda v: f"{v:.4f}")
         self.add(f'<div class="scroll">{body}</div>')
 
 
 @dataclass
-class _Dataset:
-    """One dataset's experiments and everything computed from them, before the first write."""
+class _Section:
+    """One section's experiments (one dataset, one protocol) and everything computed from them, before the first
+    write."""
 
     name: str
-    suffix: str  # added to section ids and figure and table names; "" when the report holds one dataset
+    tag: str  # the protocol fields that tell it from other sections of its dataset; "" when there are none
+    suffix: str  # added to section ids and figure and table names; "" when the report holds one section
     experiments: list[Experiment]
     results: pd.DataFrame
     pm: PenaltyMatrix
@@ -137,23 +139,33 @@ class _Dataset:
     def title(self, what: str) -> str:
         return f"{self.name}: {what}" if self.suffix else what
 
+    def intro(self) -> str:
+        """The first words of the section's summary (HTML) when the report has several sections."""
+        if not self.suffix:
+            return ""
+        text = (f"{len(self.experiments)} experiment(s) in this section; nothing here is pooled with or compared to "
+                "another section. ")
+        if self.tag:
+            text += f"Protocol: {html.escape(self.tag)}, where the other sections of this dataset differ. "
+        return text
 
-def _datasets(experiments: Sequence[Experiment], results: pd.DataFrame) -> list[_Dataset]:
-    """The experiments split by dataset (``dataset_name``), each with its statistics; suffixes only for several."""
-    names = sorted(results[DATASET].unique())
+
+def _sections(admission: Admission, results: pd.DataFrame) -> list[_Section]:
+    """The admitted experiments by section (dataset and protocol), each with its statistics; suffixes only for
+    several."""
     out, used = [], set()
-    for name in names:
+    for section in admission.sections:
         suffix = ""
-        if len(names) > 1:
-            slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "dataset"
-            suffix = f"_{slug}"
+        if len(admission.sections) > 1:
+            suffix = f"_{slug(section.name)}"
             while suffix in used:  # two names alike once reduced to letters and digits
                 suffix += "_"
             used.add(suffix)
-        res = results[results[DATASET] == name].reset_index(drop=True)
-        exps = [e for e in experiments if e.name in set(res["experiment"])]
-        out.append(_Dataset(name, suffix, exps, res, penalty_matrix(res), penalty_matrix(res, correction="holm"),
-                            fg_efficiency(res), batch_uncertainty(exps), query_sets(exps), redundancy_shares(exps)))
+        exps = section.experiments
+        res = results[results["experiment"].isin({e.name for e in exps})].reset_index(drop=True)
+        out.append(_Section(section.name, section.tag, suffix, exps, res, penalty_matrix(res),
+                            penalty_matrix(res, correction="holm"), fg_efficiency(res), batch_uncertainty(exps),
+                            query_sets(exps), redundancy_shares(exps)))
     return out
 
 
@@ -179,7 +191,8 @@ significantly better than j (paired two-sided t-test over (fold, seed), α = 0.0
 <li><b>Batch uncertainty</b> (paper Fig. 5), <b>correlation</b> (Fig. 6), <b>t-SNE</b> (Fig. 3), <b>example
 segmentations</b> (Figs. 10-12) when their data are present. Definitions: docs/report.md.</li>
 <li><b>Variants</b>: a line, row or column is a strategy with its non-default options, e.g. usimf[eta=0.5]; two
-settings of one strategy are never pooled. Experiments on different datasets get one section each.</li></ul>"""
+settings of one strategy are never pooled. Experiments on different datasets, or with different protocols (rounds,
+initial set, budget, redundancy, schedule), get one section each. Unfinished experiments are left out.</li></ul>"""
 
 
 def build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None = None) -> Path:
@@ -208,29 +221,17 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
     check_output(output)
     # everything that can refuse the input (ReportError) runs before the first write: a refused report leaves the
     # output folder as it was (absent, or byte-identical)
-    experiments = load_experiments(dirs)
+    admission = admit(dirs)
+    experiments = admission.experiments
     extras = extras or ReportExtras()
     results = load_results(experiments)
-    datasets = _datasets(experiments, results)
-    page = _Page(output)
-    variants = F.order_strategies(results[VARIANT].unique())
-    names = [d.name for d in datasets]
-    page.add(f"<h1>nnal active-learning report</h1><p class='meta'>{len(experiments)} experiment(s); "
-             f"{'dataset' if len(names) == 1 else 'datasets'} {html.escape(', '.join(names))}"
-             f"{' (one section each)' if len(names) > 1 else ''}; variants {html.escape(', '.join(variants))}; "
-             f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>" + GUIDE)
-    if len(datasets) == 1:
-        page.add('<nav><a href="#summary">Summary</a><a href="#curves">Learning curves</a><a href="#penalty">'
-                 'Penalty matrix</a><a href="#fgeff">FG-Eff</a><a href="#uncertainty">Uncertainty</a>'
-                 '<a href="#examples">Examples</a><a href="#experiments">Experiments</a></nav>')
-    else:
-        page.add("<nav>" + "".join(f'<a href="#summary{d.suffix}">{html.escape(d.name)}</a>' for d in datasets)
-                 + '<a href="#slices">Per-slice analyses</a><a href="#examples">Examples</a><a href="#experiments">'
-                 'Experiments</a></nav>')
-    for d in datasets:
-        _dataset_sections(page, d)
+    sections = _sections(admission, results)
+    page = _Page(output, admission.dry_run)
+    _header(page, admission, sections, results)
+    for section in sections:
+        _section_body(page, section)
 
-    if len(datasets) > 1:  # the arrays below come from one experiment each, not from a dataset's comparison
+    if len(sections) > 1:  # the arrays below come from one experiment each, not from a section's comparison
         page.section("slices", "Per-slice analyses", "From the arrays given to the report (ReportExtras).")
     if extras.error is not None and extras.predictors:
         page.figure("correlation", lambda: P.plot_correlations(extras.error, extras.predictors), "Pearson "
@@ -270,17 +271,45 @@ def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: Report
                                               f"{html.escape(str(e.path))}</li>" for e in experiments) + "</ul>")
 
     index = output / "index.html"
-    index.write_text("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>nnal report</title>"
+    title = "nnal report (DRY RUN)" if admission.dry_run else "nnal report"
+    index.write_text(f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
                      f"<style>{CSS}</style></head><body><main>{''.join(page.parts)}</main></body></html>\n")
     return index
 
 
-def _dataset_sections(page: _Page, d: _Dataset) -> None:
-    """Summary, learning curves, penalty matrix, FG-Eff and the batch and query-set tables of one dataset."""
+def _header(page: _Page, admission: Admission, sections: list[_Section], results: pd.DataFrame) -> None:
+    """The dry-run banner, title, counts, guide, the notes on what was left out or kept apart, and navigation."""
+    if admission.dry_run:
+        page.add(f'<p class="dryrun">{html.escape(DRY_RUN_BANNER)}. Every table under tables/ starts with the '
+                 f'column {DRY_RUN_COLUMN} = True; nothing here is a result.</p>')
+    variants = F.order_strategies(results[VARIANT].unique())
+    datasets = list(dict.fromkeys(results[DATASET]))
+    split = ""
+    if any(d.tag for d in sections):
+        split = f"; {len(sections)} sections, one per dataset and protocol: {'; '.join(d.name for d in sections)}"
+    elif len(sections) > 1:
+        split = " (one section each)"
+    page.add(f"<h1>nnal active-learning report</h1><p class='meta'>{len(admission.experiments)} experiment(s); "
+             f"{'dataset' if len(datasets) == 1 else 'datasets'} {html.escape(', '.join(sorted(datasets)))}"
+             f"{html.escape(split)}; variants {html.escape(', '.join(variants))}; "
+             f"generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>" + GUIDE)
+    for note in admission.notes():
+        page.add(f'<p class="skipped">{html.escape(note)}</p>')
+    if len(sections) == 1:
+        page.add('<nav><a href="#summary">Summary</a><a href="#curves">Learning curves</a><a href="#penalty">'
+                 'Penalty matrix</a><a href="#fgeff">FG-Eff</a><a href="#uncertainty">Uncertainty</a>'
+                 '<a href="#examples">Examples</a><a href="#experiments">Experiments</a></nav>')
+    else:
+        page.add("<nav>" + "".join(f'<a href="#summary{d.suffix}">{html.escape(d.name)}</a>' for d in sections)
+                 + '<a href="#slices">Per-slice analyses</a><a href="#examples">Examples</a><a href="#experiments">'
+                 'Experiments</a></nav>')
+
+
+def _section_body(page: _Page, d: _Section) -> None:
+    """Summary, learning curves, penalty matrix, FG-Eff and the batch and query-set tables of one section (one
+    dataset and protocol)."""
     results, al, pm, pm_holm, fg, x = d.results, d.al, d.pm, d.pm_holm, d.fg, d.suffix
-    intro = (f"{len(d.experiments)} experiment(s) on this dataset; nothing here is pooled with another dataset. "
-             if x else "")
-    page.section(f"summary{x}", d.title("Summary"), intro + "Mean ± SD over repetitions. AUBC and Φ exclude the "
+    page.section(f"summary{x}", d.title("Summary"), d.intro() + "Mean ± SD over repetitions. AUBC and Φ exclude the "
                  "full-label reference.")
     mismatch = reference_mismatch(results)
     if mismatch:

@@ -67,17 +67,29 @@ def final_table(results: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={"mean": "mean foreground"}).reset_index()
 
 
+ABSENT = "(absent)"  # a key one experiment's file lacks: shown, and a difference from any value
+
+
+def _setting_text(value: object) -> str:
+    """A setting as the tables write it: dicts and lists as JSON, None as null (as config.yaml spells it)."""
+    if value is None:
+        return "null"
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+
+
 def settings_tables(experiments: Sequence[Experiment], attr: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(shared key/value table, per-experiment table of the keys that differ) of ``config`` or ``environment``."""
-    rows = []
-    for exp in experiments:
-        values = {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v)
-                  for k, v in getattr(exp, attr).items()}
-        rows.append({"experiment": exp.name, **values})
-    frame = pd.DataFrame(rows).set_index("experiment")
-    same = [c for c in frame.columns if frame[c].astype(str).nunique() == 1]
-    shared = pd.DataFrame({"setting": same, "value": [frame[c].iloc[0] for c in same]})
-    return shared, frame.drop(columns=same).reset_index()
+    """(shared key/value table, per-experiment table of the keys that differ) of ``config`` or ``environment``.
+
+    Values are compared as text, so a setting that is null (or absent) in one experiment and set in another differs
+    (pandas would drop the missing value and call the column shared)."""
+    settings = [getattr(exp, attr) for exp in experiments]
+    keys = list(dict.fromkeys(k for values in settings for k in values))
+    texts = {k: [_setting_text(values[k]) if k in values else ABSENT for values in settings] for k in keys}
+    same = [k for k in keys if len(set(texts[k])) == 1]
+    shared = pd.DataFrame({"setting": same, "value": [texts[k][0] for k in same]})
+    differ = pd.DataFrame({"experiment": [exp.name for exp in experiments],
+                           **{k: texts[k] for k in keys if k not in same}})
+    return shared, differ
 
 
 def round_runtime_table(experiments: Sequence[Experiment]) -> pd.DataFrame:

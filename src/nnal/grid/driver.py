@@ -14,7 +14,7 @@ from nnal.errors import ConfigError
 from nnal.experiment import atomic_write_text
 from nnal.grid.checks import check_datasets, check_output, check_settings_of
 from nnal.grid.progress import Progress, preparation_steps
-from nnal.grid.run import BACKENDS, GridRun, plan, run_local, write_status
+from nnal.grid.run import BACKENDS, GridRun, plan, run_local, signals_as_interrupts, write_status
 from nnal.grid.spec import expand, load_grid
 from nnal.preflight import check_device, check_writable_folder
 from nnal.provenance import git_commit
@@ -71,12 +71,13 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     progress = Progress(experiments, output, run.outcomes, parallel, emit=emit,
                         preparing=preparation_steps(steps, datasets, run))
     start = time.perf_counter()
-    if executor == "local":
-        run_local(steps, run, progress)
-    else:
-        from nnal.grid.ray_executor import run_ray
+    with signals_as_interrupts():  # SIGTERM ends the grid as Ctrl-C does: cleanly, exit code 130
+        if executor == "local":
+            run_local(steps, run, progress)
+        else:
+            from nnal.grid.ray_executor import run_ray
 
-        run_ray(steps, run, progress, threads, 1.0 if gpus else 0.0)
+            run_ray(steps, run, progress, threads, 1.0 if gpus else 0.0)
     seconds = time.perf_counter() - start
     progress.update(force=True)
     status = write_status(run, experiments, yaml.safe_load(path.read_text()), seconds, _environment())

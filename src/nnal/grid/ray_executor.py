@@ -9,10 +9,8 @@ the local instance started that is still alive is killed: nothing is left runnin
 from __future__ import annotations
 
 import os
-import signal
 import socket
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import psutil
 
 from nnal.errors import EnvironmentProblem
 from nnal.grid.progress import Progress
-from nnal.grid.run import GridRun, Step, experiment_step, prepare_step, record
+from nnal.grid.run import GridRun, Step, experiment_step, prepare_step, record, signals_as_interrupts
 
 CLUSTER_PROBE_SECONDS = 5.0
 # Ray starts its workers at nice 15, so a grid gets almost no CPU while anything else runs on the machine (a grid
@@ -82,7 +80,7 @@ def run_ray(steps: list[Step], run: GridRun, progress: Progress, threads: int, g
     started = _Descendants() if started_here and not run.address else None
     refs: dict[str, Any] = {}
     try:
-        with _signals_as_interrupts():
+        with signals_as_interrupts():  # again: ray.init installs a SIGTERM handler of its own (exit code 1)
             _submit(ray, steps, run, threads, gpus, refs)
             _collect(ray, steps, run, progress, refs, on_poll=started.remember if started else lambda: None)
     finally:
@@ -125,23 +123,6 @@ def _collect(ray, steps: list[Step], run: GridRun, progress: Progress, refs: dic
             else:
                 record(run, step, "done", seconds=result.get("seconds") if isinstance(result, dict) else None)
         progress.update()
-
-
-@contextmanager
-def _signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt as Ctrl-C does, so the clean-up below runs for both."""
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (a grid run from a library call): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _Descendants:
