@@ -14,7 +14,7 @@ from nnal.analysis import ReportExtras, SegmentationExample, build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 ALL_FIGURES = {"learning_curves", "class_curves", "penalty_matrix", "penalty_matrix_holm", "fg_efficiency",
-               "batch_uncertainty", "correlation", "embedding", "segmentation_0"}
+               "batch_uncertainty", "correlation", "embedding", "segmentation_0", "paired_differences"}
 
 
 def _extras() -> ReportExtras:
@@ -52,7 +52,8 @@ def test_report_files_and_tables(report):
     page = report.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no network resources
     assert page.count("<img ") == len(ALL_FIGURES) and "skipped" not in page.split("<h2")[1]
-    for table in ("summary", "dice_per_round", "final_dice", "penalty_matrix", "fg_efficiency", "config_shared",
+    for table in ("summary", "dice_per_round", "final_dice", "penalty_matrix", "penalty_matrix_holm", "verdict",
+                  "paired_differences", "paired_differences_final", "fg_efficiency", "config_shared",
                   "environment_shared", "runtime", "runtime_per_round"):
         assert (report.parent / "tables" / f"{table}.csv").is_file(), table
     summary = (report.parent / "tables" / "summary.csv").read_text()
@@ -119,3 +120,18 @@ def test_runtime_per_round_gives_the_query_steps_share_of_training():
     assert pd.isna(table["query / train"][0])  # round 0 has no query step
     assert table["query / train"][1:].tolist() == [1.52, 0.5]  # (30 + 0.5) / 20 and 12 / 24
     assert table["train (s)"].tolist() == [50.0, 20.0, 24.0]
+
+
+def test_the_summary_leads_with_the_verdict_and_the_holm_matrix_comes_first(report):
+    page = report.read_text()
+    # usimf - random at the last round: [0.15, 0.17], t = 16, df 1: p = 1 - 2 arctan(16) / pi = 0.0398
+    assert re.search(r"<h2 id=\"summary\">Summary</h2><div class='verdict difference'><p><b>Verdict: usimf &gt; "
+                     r"random \(p = 0\.04, Δ = \+0\.160, n = 2\) in final Dice after Holm correction", page)
+    holm, fold = page.index('data-figure="penalty_matrix_holm"'), page.index("<details><summary>Uncorrected penalty")
+    assert holm < fold < page.index('data-figure="penalty_matrix"') < page.index("</details>", fold)
+    assert page.index('id="curves"') < page.index('data-figure="paired_differences"') < page.index('id="penalty"')
+    assert re.search(r'<details><summary>Show 1 example slice\(s\) with 5 prediction\(s\)</summary><figure><img '
+                     r'data-figure="segmentation_0"', page)
+    header = (report.parent / "tables" / "summary.csv").read_text().splitlines()[0]
+    assert header.index("Φ (Holm)") < header.index("Φ (uncorrected)")
+    assert (report.parent / "verdict.txt").read_text().startswith("Verdict: usimf > random (p = 0.04")

@@ -11,6 +11,7 @@ from nnal.analysis.load import (
     load_results,
     load_selections,
 )
+from nnal.analysis.pairwise import holm, paired_differences, paired_test, penalty_matrix
 from nnal.analysis.panels import embed_2d, plot_correlations, plot_embedding, plot_segmentations
 from nnal.analysis.report import ReportExtras, SegmentationExample, build_report
 from nnal.analysis.stats import (
@@ -19,17 +20,15 @@ from nnal.analysis.stats import (
     correlation,
     fg_efficiency,
     final_dice,
-    holm,
     learning_curves,
-    paired_test,
-    penalty_matrix,
     reference_mismatch,
 )
+from nnal.analysis.verdict import report_verdict, verdict, verdict_lines
 
 __all__ = [
     "ReportError", "ReportExtras", "SegmentationExample", "admit", "aubc", "aubc_table", "batch_uncertainty",
     "build_report", "correlation", "embed_2d", "fg_efficiency", "final_dice", "find_experiments", "holm",
     "labeled_progress", "learning_curves", "load_experiment", "load_experiments", "load_results", "load_selections",
-    "paired_test", "penalty_matrix", "plot_correlations", "plot_embedding", "plot_segmentations",
-    "reference_mismatch",
+    "paired_differences", "paired_test", "penalty_matrix", "plot_correlations", "plot_embedding",
+    "plot_segmentations", "reference_mismatch", "report_verdict", "verdict", "verdict_lines",
 ]

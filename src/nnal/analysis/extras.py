@@ -89,8 +89,9 @@ def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
 
 def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
     """Figs. 10-12: one test slice (the one with most foreground of the first test case), image, ground truth and
-    the prediction after the first and the last round of each experiment on the first one's dataset, titled by
-    variant (usimf[eta=0.5], round 1)."""
+    the prediction after the first and the last round of the first experiment of each variant on the first one's
+    dataset, titled by variant (usimf[eta=0.5], round 1). Further repetitions of a variant are left out: their
+    thumbnails look alike and made most of a grid's page."""
     usable = [ExperimentFolder(f) for f in folders if ExperimentFolder(f).checkpoint_rounds()]
     if usable:  # one slice of one dataset: predictions of experiments on another dataset have no place here
         first = Path(usable[0].read_config().dataset).name
@@ -105,16 +106,17 @@ def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
     z = int(np.argmax((seg > 0).reshape(len(seg), -1).sum(1)))
     predictions = {}
     image = gt = None
+    drawn = set()
     for folder in usable:
         config = folder.read_config()
         variant = variant_label(config.strategy, config.strategy_options)
+        if variant in drawn:
+            continue
+        drawn.add(variant)
         rounds = folder.checkpoint_rounds()
         for r in sorted({rounds[0], rounds[-1]}):
             image, gt, pred = _model(backend, folder, r).predict_slices(case, np.array([z]))
-            label = "full" if config.strategy == "full" else f"{variant}, round {r}"
-            if label in predictions:  # another repetition of the variant: both shown, named by their folders
-                label = f"{label} ({folder.root.name})"
-            predictions[label] = pred[0]
+            predictions["full" if config.strategy == "full" else f"{variant}, round {r}"] = pred[0]
     extras.segmentations = [SegmentationExample(image[0], gt[0], predictions, f"{case}, slice {z}")]
     return True
 

@@ -8,59 +8,15 @@ per strategy name across all figures for a strategy at its defaults; other varia
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from nnal.analysis.load import FULL, VARIANT, with_variants
-from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, fg_curve, learning_curves
-
-# the paper's strategy order; unknown names follow alphabetically
-KNOWN_ORDER = ["random", "entropy", "meanstd", "bald", "coreset", "badge", "stochastic-batches", "usimc", "usimf"]
-_PALETTE = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#d62728", "#17becf",
-            "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
-
-
-def _base(name: str) -> str:
-    """The strategy of a variant label (``usimf[eta=0.5]`` -> ``usimf``, see nnal.strategies.format_variant)."""
-    return name.partition("[")[0]
-
-
-def order_strategies(strategies: Iterable[str]) -> list[str]:
-    """Strategies or variants in the paper's order of their strategy, unknown strategies after them alphabetically,
-    ``full`` last; the variants of one strategy together, its default (the bare name) first."""
-    def key(name: str) -> tuple[int, str, int, str]:
-        base = _base(name)
-        rank = KNOWN_ORDER.index(base) if base in KNOWN_ORDER else len(KNOWN_ORDER) + (base == FULL)
-        return rank, base, name != base, name
-
-    return sorted(set(strategies), key=key)
-
-
-def strategy_colors(strategies: Iterable[str]) -> dict[str, str]:
-    """A fixed colour per strategy: known names at their defaults keep theirs in every report, ``full`` is black;
-    other strategies and variants take the remaining colours in order (tab20 after the palette)."""
-    fixed = set(_PALETTE[: len(KNOWN_ORDER)]) | {"#000000"}
-    spare = _PALETTE[len(KNOWN_ORDER):] + [c for c in (_hex(rgb) for rgb in colormaps["tab20"].colors)
-                                           if c not in fixed]
-    colors, k = {}, 0
-    for s in order_strategies(strategies):
-        if s == FULL:
-            colors[s] = "#000000"
-        elif s in KNOWN_ORDER:
-            colors[s] = _PALETTE[KNOWN_ORDER.index(s)]
-        else:
-            colors[s] = spare[k % len(spare)]  # past 26 variants colours repeat; the legend still names each line
-            k += 1
-    return colors
-
-
-def _hex(rgb: tuple[float, ...]) -> str:
-    return "#" + "".join(f"{round(255 * v):02x}" for v in rgb[:3])
+from nnal.analysis.pairwise import PenaltyMatrix
+from nnal.analysis.stats import FgEfficiency, fg_curve, learning_curves
+from nnal.analysis.style import order_strategies, strategy_colors
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.2)) -> tuple[Figure, np.ndarray]:
@@ -69,65 +25,144 @@ def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.
     return fig, axes
 
 
-def _draw_curves(ax, curves: pd.DataFrame, x: str, colors: dict[str, str], full: pd.DataFrame | None) -> None:
+BAND_LIMIT = 3  # more AL variants than this in one panel: their ±1 SD bands merge, so they get panels of their own
+MIN_SPAN = 0.1  # Dice: the least height of a curve's y-axis, so a gap of 0.01 never fills a panel
+
+
+def bands_in_one_panel(results: pd.DataFrame) -> bool:
+    """Whether the learning curves can carry ±1 SD bands in one panel (at most BAND_LIMIT AL variants)."""
+    variants = with_variants(results)
+    return variants.loc[variants["strategy"] != FULL, VARIANT].nunique() <= BAND_LIMIT
+
+
+def dice_limits(values: np.ndarray, min_span: float = MIN_SPAN) -> tuple[float, float]:
+    """y-limits holding ``values`` with a 5% margin, at least ``min_span`` tall (centred on the data), kept in
+    [0, 1] by shifting rather than shrinking."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.05 * (hi - lo), (min_span - (hi - lo)) / 2)
+    lo, hi = lo - pad, hi + pad
+    if lo < 0.0:
+        lo, hi = 0.0, min(1.0, hi - lo)
+    if hi > 1.0:
+        lo, hi = max(0.0, lo - (hi - 1.0)), 1.0
+    return lo, hi
+
+
+def _spread_values(curves: pd.DataFrame, full: pd.DataFrame | None) -> np.ndarray:
+    """Every mean and mean ± SD a panel shows or implies: the axis must hold the seed-to-seed spread too."""
+    sd = curves["dice_std"].fillna(0.0)
+    parts = [curves["dice_mean"], curves["dice_mean"] - sd, curves["dice_mean"] + sd]
+    if full is not None and len(full):
+        mean, std = full["dice_mean"].mean(), full["dice_mean"].std()
+        parts.append(pd.Series([mean, mean - np.nan_to_num(std), mean + np.nan_to_num(std)]))
+    return pd.concat(parts).to_numpy()
+
+
+def _draw_curves(ax, curves: pd.DataFrame, x: str, colors: dict[str, str], full: pd.DataFrame | None,
+                 bands: bool = True) -> None:
     for s in order_strategies(curves[VARIANT]):
         if s == FULL:
             continue
         g = curves[curves[VARIANT] == s].sort_values("round")
         n = int(g["n"].max())
         ax.plot(g[x], g["dice_mean"], marker="o", ms=4, color=colors[s], label=f"{s} (n={n})")
-        if n > 1:
+        if n > 1 and bands:
             ax.fill_between(g[x], g["dice_mean"] - g["dice_std"], g["dice_mean"] + g["dice_std"], color=colors[s],
                             alpha=0.18, linewidth=0)
-    if full is not None and len(full):
-        mean, std, n = full["dice_mean"].mean(), full["dice_mean"].std(), int(full["n"].sum())
-        ax.axhline(mean, color=colors.get(FULL, "black"), ls="--", lw=1.2, label=f"full labels (n={n})")
-        if n > 1 and np.isfinite(std):
-            ax.axhspan(mean - std, mean + std, color="black", alpha=0.06, linewidth=0)
+    _draw_reference(ax, full, colors.get(FULL, "black"))
+    ax.set_ylim(*dice_limits(_spread_values(curves[curves["strategy"] != FULL], full)))
     ax.grid(alpha=0.3)
+
+
+def _draw_reference(ax, full: pd.DataFrame | None, color: str) -> None:
+    if full is None or not len(full):
+        return
+    mean, std, n = full["dice_mean"].mean(), full["dice_mean"].std(), int(full["n"].sum())
+    ax.axhline(mean, color=color, ls="--", lw=1.2, label=f"full labels (n={n})")
+    if n > 1 and np.isfinite(std):
+        ax.axhspan(mean - std, mean + std, color="black", alpha=0.06, linewidth=0)
+
+
+def _reference(curves: pd.DataFrame) -> pd.DataFrame | None:
+    full = curves[curves["strategy"] == FULL]
+    return full.loc[full.groupby(VARIANT)["round"].idxmax()] if len(full) else None
 
 
 def plot_learning_curves(results: pd.DataFrame, label: str = "mean") -> Figure:
     """Dice of ``label`` (``mean``: mean foreground Dice) against labeled slices and against % of the pool.
 
-    Lines: mean over repetitions (folds, seeds); band: +-1 standard deviation; dashed: full-label reference.
+    Lines: mean over repetitions (folds, seeds); band: +-1 standard deviation, drawn only for up to BAND_LIMIT
+    variants (more get :func:`plot_curve_panels`); dashed: full-label reference. The y-axis holds every mean ± SD
+    and is at least MIN_SPAN tall.
     """
     curves = learning_curves(results, label)
     colors = strategy_colors(with_variants(results)[VARIANT].unique())
-    full = curves[curves["strategy"] == FULL]
-    full = full.loc[full.groupby(VARIANT)["round"].idxmax()] if len(full) else None
+    full, bands = _reference(curves), bands_in_one_panel(results)
     fig, axes = _figure(2)
     what = "mean foreground Dice" if label == "mean" else f"Dice ({label})"
     for ax, x, xlabel in ((axes[0, 0], "n_labeled", "labeled slices"), (axes[0, 1], "pct_pool", "% of the pool")):
-        _draw_curves(ax, curves, x, colors, full)
+        _draw_curves(ax, curves, x, colors, full, bands)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(what)
-    axes[0, 1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"Learning curves: {what} on the test cases")
+    axes[0, 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    fig.suptitle(f"Learning curves: {what} on the test cases" + ("" if bands else " (bands: per-variant panels)"))
+    return fig
+
+
+def plot_curve_panels(results: pd.DataFrame, label: str = "mean", ncols: int = 3) -> Figure | None:
+    """Small multiples: one panel per AL variant with its mean and ±1 SD band over all variants' means drawn
+    faintly, on one shared y-axis; the full-label reference dashed. None without AL variants."""
+    curves = learning_curves(results, label)
+    al = curves[curves["strategy"] != FULL]
+    variants = order_strategies(al[VARIANT])
+    if not variants:
+        return None
+    colors = strategy_colors(with_variants(results)[VARIANT].unique())
+    full = _reference(curves)
+    ncols = min(ncols, len(variants))
+    nrows = int(np.ceil(len(variants) / ncols))
+    fig, axes = _figure(ncols, nrows, (4.0, 2.9))
+    limits = dice_limits(_spread_values(al, full))
+    for ax, s in zip(axes.flat, variants, strict=False):
+        for other in variants:
+            g = al[al[VARIANT] == other].sort_values("round")
+            ax.plot(g["n_labeled"], g["dice_mean"], color="#b8bec7", lw=0.9, zorder=1)
+        _draw_curves(ax, al[al[VARIANT] == s], "n_labeled", colors, full)
+        ax.set_ylim(*limits)
+        ax.set_title(f"{s} (n={int(al.loc[al[VARIANT] == s, 'n'].max())})", fontsize=10, color=colors[s])
+    for ax in list(axes.flat)[len(variants):]:
+        ax.set_visible(False)
+    fig.supxlabel("labeled slices", fontsize=10)
+    fig.supylabel("mean foreground Dice" if label == "mean" else f"Dice ({label})", fontsize=10)
+    fig.suptitle("One panel per variant: mean ± 1 SD over repetitions; grey: the other variants' means")
     return fig
 
 
 def plot_class_curves(results: pd.DataFrame) -> Figure | None:
-    """One panel per foreground class: its Dice against labeled slices. None when there are no class rows."""
+    """One panel per foreground class: its Dice against labeled slices (bands as in :func:`plot_learning_curves`).
+    None when there are no class rows."""
     labels = [lab for lab in pd.unique(results["label"]) if lab != "mean"]
     if not labels:
         return None
     colors = strategy_colors(with_variants(results)[VARIANT].unique())
+    bands = bands_in_one_panel(results)
     ncols = min(len(labels), 3)
     nrows = int(np.ceil(len(labels) / ncols))
     fig, axes = _figure(ncols, nrows, (5.0, 3.8))
     for k, lab in enumerate(labels):
         ax = axes.flat[k]
         curves = learning_curves(results, lab)
-        full = curves[curves["strategy"] == FULL]
-        _draw_curves(ax, curves, "n_labeled", colors, full.loc[full.groupby(VARIANT)["round"].idxmax()]
-                     if len(full) else None)
+        _draw_curves(ax, curves, "n_labeled", colors, _reference(curves), bands)
         ax.set_title(str(lab))
         ax.set_xlabel("labeled slices")
         ax.set_ylabel("Dice")
     for ax in list(axes.flat)[len(labels):]:
         ax.set_visible(False)
-    axes.flat[0].legend(loc="lower right", fontsize=8)
+    axes.flat[len(labels) - 1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     fig.suptitle("Learning curves per class")
     return fig
 
@@ -137,7 +172,7 @@ def plot_penalty_matrix(pm: PenaltyMatrix, title: str = "Pairwise penalty matrix
     order = order_strategies(pm.matrix.index)
     matrix = pm.matrix.loc[order, order]
     n = len(order)
-    fig = Figure(figsize=(max(1.1 * n + 3.0, 6.5), 0.8 * n + 2.4), layout="constrained")
+    fig = Figure(figsize=(max(0.95 * n + 3.0, 6.5), 0.6 * n + 2.4), layout="constrained")
     ax, ax_phi = fig.subplots(2, 1, height_ratios=[n, 1], sharex=True)
     shown = matrix.astype(float).copy()
     for s in order:
@@ -154,9 +189,9 @@ def plot_penalty_matrix(pm: PenaltyMatrix, title: str = "Pairwise penalty matrix
     ax_phi.set_xlabel("variant j (worse)")
     ax_phi.set_ylabel("")
     ax_phi.tick_params(axis="y", rotation=0)
-    for a in (ax, ax_phi):
-        a.tick_params(axis="x", rotation=30)
-    suffix = ", Holm-corrected" if pm.correction == "holm" else ""
+    for label in ax_phi.get_xticklabels():
+        label.set(rotation=30, ha="right", rotation_mode="anchor")
+    suffix = ", Holm-corrected" if pm.correction == "holm" else ", UNCORRECTED (no multiple-comparison correction)"
     ax.set_title(f"{title}{suffix}\n(cell: fraction of {len(pm.steps)} budget steps won; Φ: lower is better)",
                  fontsize=10)
     return fig
@@ -187,7 +222,8 @@ def plot_fg_efficiency(fg: FgEfficiency) -> Figure:
     right.set_ylabel("mean foreground Dice")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+    # outside the axes: inside, a legend of many variants covers the points (the colours are the left panel's too)
+    right.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Foreground efficiency (FG-Eff): higher γ reaches the full-label Dice with less foreground")
     return fig
 
@@ -215,6 +251,6 @@ def plot_batch_uncertainty(table: pd.DataFrame) -> Figure:
     ax.set_xlabel("sampling round")
     ax.set_ylabel("total uncertainty of the selected batch")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Batch uncertainty per round")
     return fig

@@ -3,11 +3,13 @@ embedding of gradient embeddings (Fig. 3), example segmentations (Figs. 10-12)."
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from nnal.analysis.stats import correlation
 
@@ -36,12 +38,19 @@ def plot_correlations(error: np.ndarray, predictors: Mapping[str, np.ndarray],
             slope, icept = np.polyfit(x[keep], y[keep], 1)
             xs = np.linspace(x[keep].min(), x[keep].max(), 2)
             ax.plot(xs, slope * xs + icept, color="#d62728", lw=1.2)
-        ax.set_title(f"{name}: r = {r:.2f}, p = {p:.2g} (n = {int(keep.sum())})")
-        ax.set_xlabel(name)
+        # a long predictor name in one line runs into the next panel's title: wrap it, numbers on a line of their own
+        ax.set_title(f"{_wrapped(name)}\nr = {r:.2f}, p = {p:.2g} (n = {int(keep.sum())})", fontsize=10)
+        ax.set_xlabel(_wrapped(name))
         ax.set_ylabel(error_label)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(6))
         ax.grid(alpha=0.3)
     fig.suptitle("Correlation of slice uncertainty with segmentation error")
     return fig
+
+
+def _wrapped(text: str, width: int = 36) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def pca_2d(features: np.ndarray) -> np.ndarray:
@@ -111,7 +120,7 @@ def _overlay(ax, image: np.ndarray, seg: np.ndarray | None, n_labels: int, title
         masked = np.ma.masked_where(seg == 0, seg)
         cmap = ListedColormap(LABEL_COLORS[: max(n_labels, 1)])
         ax.imshow(masked, cmap=cmap, vmin=1, vmax=max(n_labels, 1) + 1e-9, alpha=0.5, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(_wrapped(title, 28), fontsize=9)
     ax.set_axis_off()
 
 
@@ -125,7 +134,7 @@ def dice_2d(gt: np.ndarray, pred: np.ndarray) -> float:
 
 
 def plot_segmentations(image: np.ndarray, gt: np.ndarray, predictions: Mapping[str, np.ndarray],
-                       per_row: int = 2, title: str = "Example segmentations") -> Figure:
+                       per_row: int = 4, title: str = "Example segmentations") -> Figure:
     """Image, ground truth and predictions overlaid on the image: the first row holds the image, the ground truth
     and any prediction whose label contains "full"; the others follow ``per_row`` per row in the given order
     (e.g. {"random, round 1": p1, "random, round 5": p5, "usimf, round 1": ...}), each titled with its Dice."""

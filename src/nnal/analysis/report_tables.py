@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from nnal.analysis.figures import order_strategies
 from nnal.analysis.load import VARIANT, Experiment, with_variants
-from nnal.analysis.stats import FgEfficiency, PenaltyMatrix, aubc_table, final_dice, learning_curves
+from nnal.analysis.pairwise import PenaltyMatrix
+from nnal.analysis.stats import FgEfficiency, aubc_table, final_dice, learning_curves
+from nnal.analysis.style import order_strategies
 
 
 def plus_minus(mean: float, std: float, n: int) -> str:
@@ -26,7 +27,8 @@ def plus_minus(mean: float, std: float, n: int) -> str:
 
 def summary_table(results: pd.DataFrame, pm: PenaltyMatrix, pm_holm: PenaltyMatrix, fg: FgEfficiency
                   ) -> pd.DataFrame:
-    """One row per variant: repetitions, final labeled slices, final Dice, AUBC, Φ, Φ (Holm), FG-Eff γ."""
+    """One row per variant: repetitions, final labeled slices, final Dice, AUBC, Φ (Holm), Φ (uncorrected),
+    FG-Eff γ."""
     variants = order_strategies(with_variants(results)[VARIANT].unique())
     au = aubc_table(results).set_index(VARIANT)
     fin = final_dice(results).set_index(VARIANT)
@@ -37,8 +39,8 @@ def summary_table(results: pd.DataFrame, pm: PenaltyMatrix, pm_holm: PenaltyMatr
                "labeled slices (final)": int(round(fin.loc[s, "n_labeled"])) if s in fin.index else None,
                "final Dice": plus_minus(*fin.loc[s, ["mean", "std", "n"]]) if s in fin.index else "–",
                "AUBC": plus_minus(*au.loc[s, ["mean", "std", "n"]]) if s in au.index else "–",
-               "Φ": pm.phi.get(s, np.nan) if pm.n_tests else np.nan,
                "Φ (Holm)": pm_holm.phi.get(s, np.nan) if pm_holm.n_tests else np.nan,
+               "Φ (uncorrected)": pm.phi.get(s, np.nan) if pm.n_tests else np.nan,
                "FG-Eff γ": gam["gamma"].get(s, np.nan)}
         rows.append(row)
     return pd.DataFrame(rows)

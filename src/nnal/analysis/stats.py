@@ -1,4 +1,5 @@
-"""Statistics over results tables: learning curves, AUBC, final Dice, pairwise penalty matrix, FG-Eff, correlation.
+"""Statistics over results tables: learning curves, AUBC, final Dice, FG-Eff, correlation (the pairwise tests are
+in :mod:`nnal.analysis.pairwise`).
 
 Every function takes the table of :func:`nnal.analysis.load.load_results` (or one with the same columns) and
 groups by its ``variant`` column wherever a strategy is a group (a table without one: variant = strategy); the
@@ -8,7 +9,6 @@ Definitions are in ``docs/report.md``.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,100 +81,6 @@ def final_dice(results: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
     last = per.loc[per.groupby("experiment")["round"].idxmax()]
     table = _summary(last, "dice")
     return table.merge(last.groupby(GROUP, as_index=False)["n_labeled"].mean(), on=GROUP)
-
-
-# --- pairwise penalty matrix (Ash et al. 2020; Ji et al. 2023; the paper's Fig. 2D) ----------------------------
-
-
-@dataclass
-class PenaltyMatrix:
-    """``matrix.loc[i, j]``: fraction of budget steps at which variant i is significantly better than j.
-    ``phi[j]``: column mean over all variants (diagonal zero included), lower is better."""
-
-    matrix: pd.DataFrame
-    phi: pd.Series
-    steps: list[int]
-    correction: str | None
-    n_tests: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def paired_test(d: np.ndarray) -> tuple[float, float] | None:
-    """Two-sided one-sample t-test of paired differences ``d`` against 0: ``(mean, p)``, or None when untestable.
-
-    Fewer than 2 pairs: None. All differences 0 (identical results): p = 1. All equal and non-zero (zero
-    variance, a constant margin): p = 0, i.e. significant.
-    """
-    d = np.asarray(d, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if len(d) < 2:
-        return None
-    mean = float(d.mean())
-    if np.allclose(d, d[0], rtol=0.0, atol=1e-12):
-        return mean, (1.0 if abs(d[0]) <= 1e-12 else 0.0)
-    return mean, float(stats.ttest_1samp(d, 0.0).pvalue)
-
-
-def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
-
-
-def penalty_matrix(results: pd.DataFrame, alpha: float = 0.05, correction: str | None = None,
-                   label: str = "mean", skip_initial: bool = True) -> PenaltyMatrix:
-    """Pairwise penalty matrix over budget steps (rounds) and repetitions matched by (fold, seed).
-
-    At each step and for each pair (i, j): the paired differences Dice_i - Dice_j go into :func:`paired_test`;
-    if p < alpha, the variant with the larger mean gets 1/L added to its row (L: number of steps). Pairs are
-    variants (``variant``): two option settings of one strategy are compared like two strategies.
-    ``correction="holm"`` adjusts the p-values of all pairs tested at a step together (Holm). Round 0 (the shared
-    random initial set) is skipped unless ``skip_initial`` is False; full-label references are left out.
-    """
-    if correction not in (None, "holm"):
-        raise ValueError(f"correction must be None or 'holm', got {correction!r}")
-    per = experiment_curves(results, label)
-    per = per[per["strategy"] != FULL]
-    if skip_initial:
-        per = per[per["round"] > 0]
-    strategies = sorted(per[VARIANT].unique())
-    steps = sorted(int(r) for r in per["round"].unique())
-    matrix = pd.DataFrame(0.0, index=pd.Index(strategies, name="better"), columns=pd.Index(strategies, name="worse"))
-    notes: list[str] = []
-    table = per.pivot_table(index=["round", "fold", "seed"], columns=VARIANT, values="dice", aggfunc="mean")
-    untested = n_tests = 0
-    for step in steps:
-        at = table.xs(step, level="round")
-        tests = []
-        for a, b in itertools.combinations(strategies, 2):
-            pair = at[[a, b]].dropna()
-            result = paired_test(pair[a].to_numpy() - pair[b].to_numpy())
-            if result is None:
-                untested += 1
-            else:
-                tests.append((a, b, *result))
-        if not tests:
-            continue
-        n_tests += len(tests)
-        p = np.array([t[3] for t in tests])
-        if correction == "holm":
-            p = holm(p)
-        for (a, b, mean, _), pv in zip(tests, p, strict=True):
-            if pv < alpha and mean != 0:
-                winner, loser = (a, b) if mean > 0 else (b, a)
-                matrix.loc[winner, loser] += 1.0 / len(steps)
-    if untested and not n_tests:
-        notes.append("Fewer than 2 repetitions (fold, seed) per strategy: no paired test is possible, P stays 0")
-    elif untested:
-        notes.append(f"{untested} (step, pair) comparisons had fewer than 2 matched repetitions (fold, seed): "
-                     "not tested, they add nothing to P")
-    phi = matrix.mean(axis=0).rename("phi")
-    return PenaltyMatrix(matrix, phi, steps, correction, n_tests, notes)
 
 
 # --- foreground efficiency (nnActive, Lüth et al.) --------------------------------------------------------------
