@@ -112,7 +112,7 @@ def test_bad_config_is_rejected_with_the_field_name(values, message):
     ({"train": ["a"]}, "list of folds"),
 ])
 def test_a_split_that_leaks_test_cases_or_names_other_cases_is_refused(splits, message, tmp_path):
-    from nnal.backend.planning import check_splits
+    from nnal.dataset_checks import check_splits
     from nnal.errors import DatasetError
 
     with pytest.raises(DatasetError, match=message):

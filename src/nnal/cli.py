@@ -14,6 +14,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 EXIT_USAGE = 2
 
 
+def _print_version(requested: bool) -> None:
+    if requested:
+        from nnal import __version__
+
+        typer.echo(f"nnal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top_level(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="print nnal's version and exit")] = False,
+) -> None:
+    """Options of ``nnal`` itself, before any command (a Typer callback is where they live)."""
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)
@@ -33,8 +49,9 @@ def _flag_value(text: str) -> object:
 @app.command()
 def run(
     output: Annotated[Path, typer.Option(help="experiment folder (created, or resumed if it exists)")],
-    dataset: Annotated[str | None, typer.Option(help="nnU-Net v2 raw dataset folder or MSD TaskNN_Name folder")
-                       ] = None,
+    dataset: Annotated[str | None, typer.Option(help="nnU-Net v2 raw dataset folder or MSD TaskNN_Name folder, or "
+                                                "an nnU-Net dataset name (DatasetNNN_Name) or id looked up in "
+                                                "$nnUNet_raw")] = None,
     strategy: Annotated[str | None, typer.Option(help="random, entropy, meanstd, bald, coreset, badge, "
                                                  "stochastic-batches, usimc, usimf; or full (every pool slice, the "
                                                  "reference). Options: see 'nnal strategies'")] = None,
@@ -57,9 +74,15 @@ def run(
     """Run an active-learning experiment (or resume it where it stopped)."""
     from nnal.analysis.tables import dice_table
     from nnal.config import build, load_yaml
+    from nnal.dataset import locate_dataset
     from nnal.loop import run_experiment
 
     values = load_yaml(config) if config is not None else {}
+    if isinstance(values.get("dataset"), str):  # a path in a file is relative to the file
+        values["dataset"] = str(locate_dataset(values["dataset"], base=config.parent))
+    for key in ("splits", "plans"):
+        if isinstance(values.get(key), str):
+            values[key] = str((config.parent / values[key]).resolve())
     if config is None and (output / "config.yaml").is_file():  # resuming: the saved settings, unless flags differ
         from nnal.experiment import ExperimentFolder
 
@@ -171,9 +194,12 @@ def report(
 ) -> None:
     """Figures, tables and a self-contained HTML page from one or more experiments."""
     from nnal.analysis.extras import build_full_report
+    from nnal.analysis.verdict import report_verdict
 
     page = build_full_report(list(dirs), output)
     typer.echo(f"report: {page}")
+    for line in report_verdict(page):
+        typer.echo(line)
 
 
 @app.command()
@@ -198,6 +224,31 @@ def annotate(
     session = run_annotation(experiment, round_=round_)
     typer.echo(f"{session.batch.done_count()} of {len(session.batch.slices)} slices done; masks in "
                f"{session.batch.folder / 'masks'} (then: nnal ingest {experiment})")
+
+
+@app.command()
+def export(
+    experiment: Annotated[Path, typer.Argument(help="an experiment folder")],
+    output: Annotated[Path, typer.Option(help="a new or empty folder: nnUNet_raw/ and nnUNet_results/ go in it")],
+    round_: Annotated[int | None, typer.Option("--round", min=0, help="the round (default: the last trained one)")
+                      ] = None,
+    what: Annotated[str, typer.Option(help="labels (the labeled set as an nnU-Net raw dataset), model (the round's "
+                                      "model as an nnU-Net results folder) or both")] = "both",
+    dataset_id: Annotated[int | None, typer.Option(help="nnU-Net dataset id of the export, 1-999 (default: the "
+                                                   "experiment's)")] = None,
+) -> None:
+    """Hand a round back to nnU-Net: its labeled set (ignore label elsewhere) and its model (see docs/export.md)."""
+    from nnal.export import export_experiment
+
+    done = export_experiment(experiment, round_=round_, output=output, what=what, dataset_id=dataset_id)
+    number = int(done.dataset_name[len("Dataset"):len("Dataset") + 3])
+    if done.raw_folder is not None:
+        typer.echo(f"labels: {done.raw_folder} ({done.cases} cases, {done.slices} labeled slices of round "
+                   f"{done.round_}); train: nnUNet_raw={done.output / 'nnUNet_raw'} nnUNetv2_plan_and_preprocess "
+                   f"-d {number} -c 2d && nnUNetv2_train {number} 2d {done.fold}")
+    if done.model_folder is not None:
+        typer.echo(f"model: {done.model_folder} (round {done.round_}, fold {done.fold}); predict: nnUNet_results="
+                   f"{done.output / 'nnUNet_results'} nnUNetv2_predict -i IN -o OUT -d {number} -c 2d -f {done.fold}")
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks.")

@@ -34,9 +34,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # fields that may change when an existing experiment is resumed (they do not change its results)
 RESUMABLE_CHANGES = frozenset({"rounds", "device", "num_processes"})
 # fields that decide round 0 (the initial random set and the first model): equal ones may share it
+# (redundancy: the pool's duplicates shift every id, so pools that differ never share round 0)
 ROUND0_FIELDS = ("dataset", "fold", "seed", "initial", "preset", "batch_size", "iterations_per_epoch",
                  "epochs_initial", "initial_lr", "augmentation", "dropout", "dropout_p", "pool_cases", "test_cases",
-                 "redundancy", "oracle")  # the pool's duplicates shift every id: pools that differ never share round 0
+                 "redundancy", "oracle", "splits", "plans")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 OptionalPositiveInt = PositiveInt | None
@@ -87,6 +88,10 @@ class Config(BaseModel):
     redundancy: Redundancy | None = None
     # nnU-Net worker processes for preprocessing and augmentation (0: augmentation in-process, deterministic)
     num_processes: Annotated[int, Field(ge=0)] = 0
+    # nnU-Net's own files, from the user (None: nnal makes them): a splits_final.json whose fold decides the pool
+    # and the test cases, and an nnUNetPlans.json used instead of nnU-Net's planner
+    splits: Annotated[str, Field(min_length=1)] | None = None
+    plans: Annotated[str, Field(min_length=1)] | None = None
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     # who reveals the selected slices' labels: "simulated" (the dataset's ground truth, the paper's benchmark) or
     # "human" (annotation mode: the loop stops after each selection until `nnal ingest` brings a person's masks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,38 @@ class RawDataset:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+
+NNUNET_NAME = re.compile(r"Dataset(\d{3})_\w+")
+NNUNET_ID = re.compile(r"\d{1,3}")
+
+
+def locate_dataset(text: str | os.PathLike, *, base: Path | None = None) -> Path:
+    """The dataset folder that ``text`` names, as an absolute path: a folder (relative to ``base``, default the
+    current folder), or, as nnU-Net's own commands take it, a ``DatasetNNN_Name`` or an id ``NNN`` looked up in
+    ``$nnUNet_raw`` (read only: nnal works on its own copy). A name that is neither is one DatasetError line."""
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else (base or Path.cwd()) / path
+    given = str(text)
+    if path.is_dir() or not (NNUNET_NAME.fullmatch(given) or NNUNET_ID.fullmatch(given)):
+        return path.resolve()
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        raise DatasetError(f"{given}: no such folder, and nnUNet_raw is not set to look it up as an nnU-Net dataset "
+                           "name or id")
+    pattern = given if NNUNET_NAME.fullmatch(given) else f"Dataset{int(given):03d}_*"
+    found = sorted(p for p in Path(raw).glob(pattern) if p.is_dir())
+    if len(found) != 1:
+        what = "no dataset" if not found else f"{len(found)} datasets ({', '.join(p.name for p in found)})"
+        raise DatasetError(f"{given}: {what} named so in nnUNet_raw ({raw})")
+    return found[0].resolve()
+
+
+def nnunet_id(dataset: RawDataset) -> int | None:
+    """The dataset's nnU-Net id from its folder name (``Dataset004_Hippocampus``, or MSD's ``Task04_Hippocampus`` as
+    nnU-Net's converter numbers it), None when the name holds none."""
+    match = re.fullmatch(r"(?:Dataset(\d{3})|Task(\d{2,3}))_.+", dataset.root.name)
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def load_dataset(path: str | os.PathLike, *, labels_optional: bool = False) -> RawDataset:

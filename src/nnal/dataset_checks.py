@@ -201,3 +201,44 @@ def _fmt(values: np.ndarray) -> str:
     if values.ndim > 1:
         return "(" + ", ".join(_fmt(row) for row in values) + ")"
     return "(" + ", ".join(repr(float(round(v, 4)) + 0.0) for v in values) + ")"
+
+
+def check_splits(splits: object, case_names: list[str], source: Path) -> list[dict[str, list[str]]]:
+    """A split must cover the dataset's cases, fold by fold, with no case in both training and test."""
+    if not isinstance(splits, list) or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in splits):
+        raise DatasetError(f"{source}: must be a list of folds, each {{\"train\": [...], \"val\": [...]}}")
+    known = set(case_names)
+    for k, fold in enumerate(splits):
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            raise DatasetError(f"{source}: fold {k} has {both[0]} in both train and val (test cases would leak "
+                               "into the pool)")
+        unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
+        if unknown:
+            raise DatasetError(f"{source}: fold {k} names case {unknown[0]}, which the dataset does not have")
+    return splits
+
+
+def read_splits(path: Path, case_names: list[str]) -> list[dict[str, list[str]]]:
+    """A user's ``splits_final.json`` (nnU-Net's format: one ``{"train": [...], "val": [...]}`` per fold), checked
+    against the dataset's cases."""
+    try:
+        splits = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{path}: cannot read the split file ({type(err).__name__})") from None
+    return check_splits(splits, case_names, Path(path))
+
+
+def read_plans(path: Path) -> dict:
+    """A user's ``nnUNetPlans.json``, checked to hold what nnal trains with: a ``2d`` configuration with its patch
+    size, batch size, data identifier and architecture."""
+    try:
+        plans = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{path}: cannot read the plans file ({type(err).__name__})") from None
+    config = plans.get("configurations", {}).get("2d") if isinstance(plans, dict) else None
+    missing = [k for k in ("patch_size", "batch_size", "data_identifier", "architecture")
+               if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise DatasetError(f"{path}: not nnU-Net plans with a 2d configuration (missing {', '.join(missing)})")
+    return plans

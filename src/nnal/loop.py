@@ -26,7 +26,8 @@ from nnal import __version__
 from nnal.annotation.oracle import Oracle, make_oracle
 from nnal.config import Config
 from nnal.consistency import check_folder, results_need_rebuild, scores_readable
-from nnal.dataset import RawDataset, fingerprint, load_dataset, validate
+from nnal.dataset import RawDataset, fingerprint, load_dataset, locate_dataset, validate
+from nnal.dataset_checks import read_plans, read_splits
 from nnal.errors import ConfigError
 from nnal.experiment import PHASES, RESULT_COLUMNS, ExperimentFolder
 from nnal.pool import SlicePool
@@ -55,7 +56,8 @@ def nnunet_backend(dataset: RawDataset, cache: Path, config: Config):
     from nnal.backend.session import Backend
 
     return Backend(dataset, cache, dropout=config.dropout, dropout_p=config.dropout_p,
-                   mc_dropout_p=config.mc_dropout_p, num_processes=config.num_processes, device=config.device)
+                   mc_dropout_p=config.mc_dropout_p, num_processes=config.num_processes, device=config.device,
+                   plans_file=config.plans)
 
 
 def run_experiment(config: Config, output: Path, cache: Path | None = None, share_round0: Path | None = None,
@@ -88,7 +90,7 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
             folder.write_results()
         backend = backend_factory(dataset, cache, config)
         folder.write_environment(_environment(backend))
-        pool, test_cases = _pool_and_test(backend, config, folder)
+        pool, test_cases = _pool_and_test(backend, config, dataset, folder)
         oracle = make_oracle(config, folder, dataset)
         if share_round0 is not None and not folder.done(0, "evaluate"):
             folder.adopt_round0(ExperimentFolder(share_round0), config)
@@ -161,11 +163,13 @@ def _check_annotation_cache(config: Config, folder: ExperimentFolder, cache: Pat
 
 def settled(config: Config) -> Config:
     """The config as an experiment folder saves it: schedule filled from the preset, the full-label reference as
-    one round (every pool slice, the same schedule), the dataset as an absolute path, a default experiment name."""
+    one round (every pool slice, the same schedule), the dataset as an absolute path (an nnU-Net dataset name or id
+    looked up in ``$nnUNet_raw``), a default experiment name."""
     config = config.resolved()
     if config.strategy == "full":
         config = config.replace(rounds=0)
-    config = config.replace(dataset=str(Path(config.dataset).resolve()))
+    config = config.replace(dataset=str(locate_dataset(config.dataset)),
+                            **{k: str(Path(v).resolve()) for k in ("splits", "plans") if (v := getattr(config, k))})
     if config.experiment:
         return config
     return config.replace(experiment=f"{Path(config.dataset).name}-{config.strategy}-f{config.fold}-s{config.seed}")
@@ -185,9 +189,11 @@ def check_backend(folder: ExperimentFolder, backend_factory: BackendFactory) -> 
 def check_settings(config: Config, dataset: RawDataset, cache: Path, backend_factory: BackendFactory) -> None:
     """The settings checked against the dataset (and its fold split, where the backend factory can tell it
     beforehand), before anything is written: the redundancy case, and sizes that would not fit in memory."""
-    _check_redundancy(config, dataset, cache, backend_factory)
-    splits = getattr(backend_factory, "splits", None)
-    pool_cases = _fold_cases(splits(dataset, cache)[config.fold], config)[0] if splits is not None else None
+    if config.plans is not None:
+        read_plans(Path(config.plans))
+    split = _known_split(config, dataset, cache, backend_factory)
+    _check_redundancy(config, dataset, split)
+    pool_cases = _fold_cases(split, config)[0] if split is not None else None
     duplicate = config.redundancy.case if config.redundancy is not None else None
     copies = config.redundancy.copies if config.redundancy is not None else 0
     on_cpu = config.device == "cpu" or (config.device == "auto" and not cuda_available())
@@ -221,17 +227,35 @@ def _fold_cases(split: dict[str, list[str]], config: Config) -> tuple[list[str],
     return train_cases, test_cases
 
 
-def _check_redundancy(config: Config, dataset: RawDataset, cache: Path, backend_factory: BackendFactory) -> None:
-    """The duplicated case must be a case of the dataset, and of the pool when the factory can tell the split."""
+def _known_split(config: Config, dataset: RawDataset, cache: Path,
+                 backend_factory: BackendFactory) -> dict[str, list[str]] | None:
+    """The fold's split before the backend is built: the user's split file, else the factory's split where it can
+    tell it (None: the backend gives it)."""
+    user = _user_split(config, dataset)
+    if user is not None:
+        return user
+    splits = getattr(backend_factory, "splits", None)
+    return splits(dataset, cache)[config.fold] if splits is not None else None
+
+
+def _user_split(config: Config, dataset: RawDataset) -> dict[str, list[str]] | None:
+    if config.splits is None:
+        return None
+    splits = read_splits(Path(config.splits), [c.name for c in dataset.cases])
+    if config.fold >= len(splits):
+        raise ConfigError(f"fold: {config.fold}, but the split file {config.splits} has {len(splits)} fold(s)")
+    return splits[config.fold]
+
+
+def _check_redundancy(config: Config, dataset: RawDataset, split: dict[str, list[str]] | None) -> None:
+    """The duplicated case must be a case of the dataset, and of the pool when the split is known."""
     if config.redundancy is None:
         return
     case = config.redundancy.case
     if case not in {c.name for c in dataset.cases}:
         raise ConfigError(f"redundancy.case: the dataset {dataset.name} has no case {case!r}; name one of fold "
                           f"{config.fold}'s training cases")
-    splits = getattr(backend_factory, "splits", None)
-    if splits is not None:
-        split = splits(dataset, cache)[config.fold]
+    if split is not None:
         _check_pool_case(config, split, _fold_cases(split, config)[0])
 
 
@@ -252,10 +276,11 @@ def _check_pool_case(config: Config, split: dict[str, list[str]], pool_cases: li
                       "pool_cases or seed")
 
 
-def _pool_and_test(backend, config: Config, folder: ExperimentFolder) -> tuple[SlicePool, list[str]]:
+def _pool_and_test(backend, config: Config, dataset: RawDataset,
+                   folder: ExperimentFolder) -> tuple[SlicePool, list[str]]:
     """Pool: every slice of the fold's training cases (a duplicated case ``copies`` more times); test: the fold's
-    validation cases. Seeded subsets."""
-    split = backend.splits[config.fold]
+    validation cases (of the user's split file, or the backend's split). Seeded subsets."""
+    split = _user_split(config, dataset) or backend.splits[config.fold]
     train_cases, test_cases = _fold_cases(split, config)
     _check_pool_case(config, split, train_cases)  # for factories that cannot tell the split beforehand
     folder.check_split(train_cases, test_cases)

@@ -9,28 +9,38 @@ import json
 import os
 from pathlib import Path
 
-from nnal.backend.runtime import configure_nnunet_env, set_threads
-from nnal.errors import DatasetError
+from nnal.backend.runtime import set_threads
+from nnal.dataset import NNUNET_NAME, RawDataset, nnunet_id
+from nnal.dataset_checks import check_splits
 
-DATASET_ID = 1
+DEFAULT_ID = 1  # for a dataset whose folder name holds no nnU-Net id
 PLANS = "nnUNetPlans"
 CONFIGURATION = "2d"
 
 
-def dataset_folder_name(name: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "_" for ch in name) or "Data"
-    return f"Dataset{DATASET_ID:03d}_{safe}"
+def dataset_folder_name(dataset: RawDataset) -> str:
+    """nnU-Net's name for the dataset in nnal's cache: the user's own ``DatasetNNN_Name``, MSD's ``TaskNN_Name`` as
+    nnU-Net's converter names it (``Dataset0NN_Name``), else ``Dataset001_<name>``."""
+    if NNUNET_NAME.fullmatch(dataset.root.name):
+        return dataset.root.name
+    safe = "".join(ch if ch.isalnum() else "_" for ch in dataset.name) or "Data"
+    return f"Dataset{nnunet_id(dataset) or DEFAULT_ID:03d}_{safe}"
+
+
+def _dataset_id(folder_name: str) -> int:
+    return int(folder_name[len("Dataset"):len("Dataset") + 3])
 
 
 def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbose: bool = False, *,
-                        unlabeled: bool = False) -> dict:
+                        unlabeled: bool = False, user_plans: dict | None = None) -> dict:
     """Run nnU-Net's fingerprint, planner and 2d preprocessor on ``root/raw/<folder_name>``; return the plans.
+    Call it inside :func:`nnal.backend.runtime.nnunet_environment` for ``root``.
 
     Done once: a marker file makes a second call return the cached plans. The plans are nnU-Net's own; the
     dropout regime is an experiment setting (:func:`with_dropout`), so one cache serves every regime.
-    ``unlabeled`` (annotation mode, no case labeled yet): see :func:`_body_fingerprint_extractor`.
+    ``unlabeled`` (annotation mode, no case labeled yet): see :func:`_body_fingerprint_extractor`. ``user_plans``:
+    a user's own ``nnUNetPlans.json``, used instead of nnU-Net's planner (the fingerprint is still extracted).
     """
-    configure_nnunet_env(root, num_processes)
     pre_dir = root / "preprocessed" / folder_name
     marker = pre_dir / ".nnal_done"
     if marker.is_file():
@@ -48,12 +58,16 @@ def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbos
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         extractor = _body_fingerprint_extractor(root / "nnal_fingerprint") if unlabeled else None
-        extract_fingerprint_dataset(DATASET_ID, num_processes=workers, check_dataset_integrity=False,
+        extract_fingerprint_dataset(_dataset_id(folder_name), num_processes=workers, check_dataset_integrity=False,
                                     clean=True, verbose=verbose, show_progress_bar=verbose,
                                     **({"fingerprint_extractor_class": extractor} if extractor else {}))
-        plan_experiment_dataset(DATASET_ID)
+        if user_plans is None:
+            plan_experiment_dataset(_dataset_id(folder_name))
+        else:  # the user's plans, for this copy of the dataset
+            (pre_dir / f"{PLANS}.json").write_text(json.dumps({**user_plans, "dataset_name": folder_name,
+                                                                "plans_name": PLANS}, indent=1))
         plans = json.loads((pre_dir / f"{PLANS}.json").read_text())
-        preprocess_dataset(DATASET_ID, PLANS, configurations=(CONFIGURATION,), num_processes=(workers,),
+        preprocess_dataset(_dataset_id(folder_name), PLANS, configurations=(CONFIGURATION,), num_processes=(workers,),
                            verbose=verbose, show_progress_bar=verbose)
     os.environ["nnUNet_n_proc_DA"] = str(num_processes)
     set_threads()
@@ -113,22 +127,6 @@ def load_splits(root: Path, folder_name: str, case_names: list[str]) -> list[dic
         return check_splits(json.loads(split_file.read_text()), case_names, split_file)
     splits = generate_crossval_split(sorted(case_names), seed=12345, n_splits=5)
     split_file.write_text(json.dumps(splits, indent=1))
-    return splits
-
-
-def check_splits(splits: object, case_names: list[str], source: Path) -> list[dict[str, list[str]]]:
-    """A split must cover the dataset's cases, fold by fold, with no case in both training and test."""
-    if not isinstance(splits, list) or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in splits):
-        raise DatasetError(f"{source}: must be a list of folds, each {{\"train\": [...], \"val\": [...]}}")
-    known = set(case_names)
-    for k, fold in enumerate(splits):
-        both = sorted(set(fold["train"]) & set(fold["val"]))
-        if both:
-            raise DatasetError(f"{source}: fold {k} has {both[0]} in both train and val (test cases would leak "
-                               "into the pool)")
-        unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
-        if unknown:
-            raise DatasetError(f"{source}: fold {k} names case {unknown[0]}, which the dataset does not have")
     return splits
 
 

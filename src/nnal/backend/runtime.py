@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
-def configure_nnunet_env(root: Path, num_processes: int) -> None:
-    """Point nnU-Net's lazily read path variables at ``root`` and set its worker counts."""
+@contextmanager
+def nnunet_environment(root: Path, num_processes: int) -> Iterator[None]:
+    """nnU-Net's lazily read path variables pointed at nnal's cache ``root``, and its worker counts, while nnU-Net
+    runs; the user's own ``nnUNet_*`` settings are back afterwards (nnal never reads or writes their folders)."""
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", "nnUNet_def_n_proc",
+             "nnUNet_compile")
+    before = {name: os.environ.get(name) for name in names}
     for name in ("raw", "preprocessed", "results"):
         (root / name).mkdir(parents=True, exist_ok=True)
         os.environ[f"nnUNet_{name}"] = str(root / name)
@@ -19,6 +26,14 @@ def configure_nnunet_env(root: Path, num_processes: int) -> None:
     os.environ["nnUNet_n_proc_DA"] = str(num_processes)
     os.environ["nnUNet_def_n_proc"] = str(max(1, num_processes))
     os.environ.setdefault("nnUNet_compile", "f")
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def set_threads() -> None:

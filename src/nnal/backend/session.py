@@ -4,6 +4,7 @@ bound to a round's weights (scores, gradients, predictions, Dice)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,34 +14,45 @@ import torch
 
 from nnal.backend import inference, planning, raw_space, training
 from nnal.backend.model import Model, load_weights, weights_to_bytes
-from nnal.backend.runtime import configure_nnunet_env, resolve_device, set_threads
+from nnal.backend.runtime import nnunet_environment, resolve_device, set_threads
 from nnal.dataset import RawDataset, cache_key, write_nnunet_raw
+from nnal.dataset_checks import read_plans
 
 
 class Backend:
     """nnU-Net planned and preprocessed for one dataset; the loop's only door to nnU-Net."""
 
     def __init__(self, dataset: RawDataset, cache: Path, *, dropout: str, dropout_p: float, mc_dropout_p: float,
-                 num_processes: int, device: str, verbose: bool = False):
+                 num_processes: int, device: str, verbose: bool = False, plans_file: str | None = None):
         set_threads()
         self.device = resolve_device(device)
-        self.root = Path(cache) / cache_key(dataset)
-        self.folder_name = planning.dataset_folder_name(dataset.name)
+        self.user_plans = read_plans(Path(plans_file)) if plans_file else None
+        # a user's plans preprocess differently: their own cache beside nnU-Net's planned one
+        plans_key = "" if self.user_plans is None else "-plans-" + hashlib.sha256(
+            json.dumps(self.user_plans, sort_keys=True).encode()).hexdigest()[:12]
+        self.root = Path(cache) / (cache_key(dataset) + plans_key)
+        self.folder_name = planning.dataset_folder_name(dataset)
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as lock:  # experiments sharing a cache preprocess once
             fcntl.flock(lock, fcntl.LOCK_EX)
-            configure_nnunet_env(self.root, num_processes)
-            raw = self.root / "raw" / self.folder_name
-            if not (raw / "dataset.json").is_file():
-                write_nnunet_raw(dataset, raw)
-            plans = planning.plan_and_preprocess(self.root, self.folder_name, num_processes, verbose,
-                                                 unlabeled=all(case.label is None for case in dataset.cases))
-            self.dataset_json = json.loads((raw / "dataset.json").read_text())
-            self.splits = planning.load_splits(self.root, self.folder_name, [c.name for c in dataset.cases])
-        self.plans = planning.with_dropout(plans, dropout, dropout_p)  # what training builds
+            with nnunet_environment(self.root, num_processes):
+                self._prepare(dataset, num_processes, verbose)
+        self.num_processes = num_processes
+        self.plans = planning.with_dropout(self._plans, dropout, dropout_p)  # what training builds
         self.mc_dropout_p = mc_dropout_p
         self.folder = planning.preprocessed_dir(self.root, self.folder_name, self.plans)
         self.labels = sorted(int(v) for v in self.dataset_json["labels"].values())
+
+    def _prepare(self, dataset: RawDataset, num_processes: int, verbose: bool) -> None:
+        """nnU-Net's raw folder, plans and preprocessed data in the cache (once: later calls read them)."""
+        raw = self.root / "raw" / self.folder_name
+        if not (raw / "dataset.json").is_file():
+            write_nnunet_raw(dataset, raw)
+        self._plans = planning.plan_and_preprocess(self.root, self.folder_name, num_processes, verbose,
+                                                   unlabeled=all(case.label is None for case in dataset.cases),
+                                                   user_plans=self.user_plans)
+        self.dataset_json = json.loads((raw / "dataset.json").read_text())
+        self.splits = planning.load_splits(self.root, self.folder_name, [c.name for c in dataset.cases])
 
     @classmethod
     def reopen(cls, root: Path, device: str = "cpu", *, dropout: str, dropout_p: float, mc_dropout_p: float
@@ -58,6 +70,7 @@ class Backend:
         self.folder_name = pre.name
         self.plans = planning.with_dropout(json.loads(plans_files[0].read_text()), dropout, dropout_p)
         self.mc_dropout_p = mc_dropout_p
+        self.num_processes = 0
         self.dataset_json = json.loads((pre / "dataset.json").read_text())
         self.splits = json.loads((pre / "splits_final.json").read_text())
         self.folder = planning.preprocessed_dir(self.root, self.folder_name, self.plans)
@@ -78,8 +91,9 @@ class Backend:
         the config's schedule (iterations per epoch, batch size or nnU-Net's planned one, lr, augmentation)."""
         schedule = training.Schedule(epochs, config.iterations_per_epoch, config.batch_size or self.planned_batch_size,
                                      config.initial_lr, config.augmentation)
-        return training.train(self.plans, self.dataset_json, fold, labeled, schedule, init_weights, log_dir,
-                              self.device, seed, on_step)
+        with nnunet_environment(self.root, self.num_processes):
+            return training.train(self.plans, self.dataset_json, fold, labeled, schedule, init_weights, log_dir,
+                                  self.device, seed, on_step)
 
     def network(self, weights: Mapping[str, torch.Tensor] | None) -> torch.nn.Module:
         return inference.build_network(self.plans, self.dataset_json, weights, self.device)
@@ -105,8 +119,9 @@ class Backend:
     def write_labels(self, case: str, labels: np.ndarray, affine: np.ndarray) -> bool:
         """Make the case's known labels (NIfTI array, 0 where none is known) what training reads; False if they
         already are."""
-        return raw_space.write_labels(self.plans, self.dataset_json, self.root / "raw" / self.folder_name,
-                                      self.folder, self.root / "nnal_labels", case, labels, affine)
+        with nnunet_environment(self.root, self.num_processes):
+            return raw_space.write_labels(self.plans, self.dataset_json, self.root / "raw" / self.folder_name,
+                                          self.folder, self.root / "nnal_labels", case, labels, affine)
 
     def predict_raw(self, weights: Mapping[str, torch.Tensor], case: str, slices: np.ndarray,
                     batch_size: int = 128) -> np.ndarray:

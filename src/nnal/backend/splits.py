@@ -18,7 +18,7 @@ def fold_splits(dataset: RawDataset, cache: Path) -> list[dict[str, list[str]]]:
     names = [c.name for c in dataset.cases]
     files = sorted(Path(cache).glob(f"{cache_key(dataset)}/preprocessed/*/splits_final.json"))
     if files:
-        from nnal.backend.planning import check_splits  # torch loads only when a cache exists
+        from nnal.dataset_checks import check_splits
 
         return check_splits(json.loads(files[0].read_text()), names, files[0])
     from nnunetv2.utilities.crossval_split import generate_crossval_split

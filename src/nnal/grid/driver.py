@@ -10,12 +10,13 @@ from pathlib import Path
 import yaml
 
 from nnal import __version__
+from nnal.dataset import locate_dataset
 from nnal.errors import ConfigError
 from nnal.experiment import atomic_write_text
 from nnal.grid.checks import check_datasets, check_output, check_settings_of
 from nnal.grid.progress import Progress, preparation_steps
 from nnal.grid.run import BACKENDS, GridRun, plan, run_local, signals_as_interrupts, write_status
-from nnal.grid.spec import expand, load_grid
+from nnal.grid.spec import GridSpec, expand, load_grid
 from nnal.preflight import check_device, check_writable_folder
 from nnal.provenance import git_commit
 
@@ -41,7 +42,7 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     if max_parallel is not None and max_parallel < 1:
         raise ConfigError(f"--max-parallel: must be at least 1, got {max_parallel}")
     spec = load_grid(path)
-    experiments = expand(spec, str(path), base=Path.cwd())
+    experiments = expand(spec, str(path), base=path.parent)  # paths in a file are relative to it
     # every check before anything is written
     check_writable_folder(output, "output")
     devices = {e.config.device for e in experiments}
@@ -62,7 +63,7 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
         check_cluster(address)
 
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output / "grid.yaml", path.read_text())
+    atomic_write_text(output / "grid.yaml", _as_run(spec, path))
     steps = plan(experiments, run, threads)
     if backend == "fake":
         emit(DRY_RUN_NOTE)
@@ -87,13 +88,23 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     done = [output / e.folder for e in experiments if run.outcomes.get(e.folder, {}).get("status") == "done"]
     if report and done:
         from nnal.analysis.extras import build_full_report
+        from nnal.analysis.verdict import report_verdict
 
         page = build_full_report(done, output / "report")
         emit(f"report: {page}")
+        for line in report_verdict(page):
+            emit(line)
     emit(f"grid status: {status}  ({seconds:.0f} s)")
     if backend == "fake":
         emit(DRY_RUN_NOTE)
     return {"experiments": len(experiments), "failed": len(failed), "seconds": seconds}
+
+
+def _as_run(spec: GridSpec, path: Path) -> str:
+    """The grid file as run, its datasets as absolute paths: a rerun from ``OUTPUT/grid.yaml`` finds them."""
+    values = spec.model_dump(mode="json")
+    values["datasets"] = [str(locate_dataset(d, base=path.parent)) for d in spec.datasets]
+    return f"# {path} as run (dataset paths made absolute)\n" + yaml.safe_dump(values, sort_keys=False)
 
 
 def _gpu_count() -> int:

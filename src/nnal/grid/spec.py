@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nnal.config import ROUND0_FIELDS, Config, build, describe_error, load_yaml
+from nnal.dataset import locate_dataset
 from nnal.errors import ConfigError
 from nnal.strategies import get_strategy, variant_label
 
@@ -75,7 +76,8 @@ def load_grid(path: Path) -> GridSpec:
 
 
 def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExperiment]:
-    """Every experiment of the grid, configs built and checked; dataset paths relative to ``base``."""
+    """Every experiment of the grid, configs built and checked; dataset paths relative to ``base`` (the grid file's
+    folder), or nnU-Net dataset names and ids looked up in ``$nnUNet_raw``."""
     for where, values in (("settings", spec.settings), ("full_reference", _own_settings(spec, "full"))):
         fixed = sorted(set(values) & PER_EXPERIMENT)
         if fixed:
@@ -87,7 +89,7 @@ def expand(spec: GridSpec, source: str, base: Path = Path(".")) -> list[GridExpe
     _check_sweep(spec, entries, source)
     out: list[GridExperiment] = []
     for dataset in spec.datasets:
-        path = str((base / dataset).resolve())
+        path = str(locate_dataset(dataset, base=base))
         name = Path(dataset).name
         for entry, fold, seed in itertools.product(entries, spec.folds, spec.seeds):
             for options in _variants(entry, spec.sweep):
