@@ -11,20 +11,21 @@ else
 TORCH  := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup demo test lint bench clean chromium xvfb
+.PHONY: setup demo test lint bench nnunet-range clean chromium xvfb
 
 setup: $(STAMP)
 
+# grid: Ray, an optional extra for users, which the grid tests need
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,grid]'
 	touch $(STAMP)
 
 # the optional extra of `nnal annotate` (napari, Qt): the tests need it, the demo does not
 $(VIEWER): $(STAMP)
-	$(PY) -m pip install -q -e '.[test,annotate]'
+	$(PY) -m pip install -q -e '.[test,grid,annotate]'
 	touch $(VIEWER)
 
 demo: setup
@@ -49,6 +50,10 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/nnal bench selection --scale hippocampus
+
+# real nnU-Net rounds on the lowest and the highest nnunetv2 that pyproject.toml allows (minutes; needs PyPI)
+nnunet-range: setup
+	VENV=$(VENV) tools/check_nnunet_range.sh
 
 clean:
 	rm -rf demo-output .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@ with ``epochs_initial`` and ``epochs_per_round`` doubled. The round-0 model (the
 the final model are compared. A protocol measures selection rather than training luck when doubling changes the
 mean foreground Dice by less than ``--tolerance`` (0.02) everywhere.
 
-    python benchmarks/convergence.py examples/hippocampus-cpu.yaml --folds 0 1 --seeds 0 1 \
+    python benchmarks/convergence.py examples/hippocampus-cpu-grid.yaml --folds 0 1 --seeds 0 1 \
         --work /tmp/convergence --out results/cpu-protocol-convergence.json
     python benchmarks/convergence.py --table results/cpu-protocol-convergence.json
 

@@ -7,7 +7,7 @@ experiment, one training of the full reference. Evaluation adds the measured mea
 not in the estimate: the measured run is Random's, and on the GPU a round's scoring is one pass over the pool
 against thousands of training iterations; the estimate says so.
 
-    python benchmarks/gpu_hours.py examples/hippocampus-paper.yaml \
+    python benchmarks/gpu_hours.py examples/hippocampus-paper-grid.yaml \
         results/gpu-foundation-NVIDIA_H100_80GB_HBM3.json --out results/gpu-hours-hippocampus-paper.json
 """
 

@@ -6,27 +6,28 @@ from pathlib import Path
 
 import pytest
 
-from nnal.config import build, load_yaml
+from nnal.config import build, load_yaml, read_run_file
+from nnal.demo import BUNDLED
 from nnal.grid import expand, load_grid
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-APPENDIX_D = sorted((EXAMPLES / "appendix-d").glob("*.yaml"))
+APPENDIX_D = sorted((EXAMPLES / "appendix-d-runs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: p.name)
-def test_every_example_config_and_grid_is_valid(path, monkeypatch):
-    monkeypatch.chdir(EXAMPLES.parent)  # paths in examples are relative to the repository root
-    values = load_yaml(path)
-    if "strategies" in values:  # a grid file
-        configs = [e.config for e in expand(load_grid(path), str(path))]
+def test_every_example_config_and_grid_is_valid(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # paths in a file are relative to the file, wherever the command runs
+    if path.name.endswith("-grid.yaml"):  # the name says which kind of file it is
+        configs = [e.config for e in expand(load_grid(path), str(path), base=path.parent)]
     else:
-        configs = [build(values, str(path))]
+        assert "strategies" not in load_yaml(path)
+        configs = [build(read_run_file(path), str(path))]
     for config in configs:
-        assert (EXAMPLES.parent / config.dataset).is_dir()  # the bundled data
+        assert Path(config.dataset).resolve() == BUNDLED.resolve()  # the bundled data
 
 
 def test_appendix_d_covers_query_modes_sizes_and_eta():
-    configs = [build(load_yaml(p), str(p)) for p in APPENDIX_D]
+    configs = [build(read_run_file(p), str(p)) for p in APPENDIX_D]
     assert {c.strategy for c in configs} == {"usimf"}
     assert {(c.preset, c.rounds, c.initial, c.budget) for c in configs} == {("paper", 2, 100, 100)}
     options = [c.strategy_options for c in configs]
@@ -50,7 +51,7 @@ def _gpu_hours_module():
 def test_gpu_hours_counts_the_paper_grid_trainings_and_fits_seconds_per_iteration(monkeypatch):
     gpu_hours = _gpu_hours_module()
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    trainings = gpu_hours.grid_trainings(Path("examples/hippocampus-paper.yaml"))
+    trainings = gpu_hours.grid_trainings(Path("examples/hippocampus-paper-grid.yaml"))
     kinds = [what for what, _ in trainings]
     # 9 strategies x 2 folds x 12 rounds; one round 0 per fold (seed 0), shared; the full reference per fold
     assert (kinds.count("round 0"), kinds.count("fine-tuning round"), kinds.count("full reference")) == (2, 216, 2)

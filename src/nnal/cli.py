@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# rich_markup_mode None: help texts are plain text ("pip install 'nnal[annotate]'" keeps its brackets)
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Active learning for medical image segmentation on nnU-Net v2.")
 
 EXIT_USAGE = 2
@@ -46,6 +47,27 @@ def _flag_value(text: str) -> object:
         return text
 
 
+def _default(field: str) -> str:
+    """A config field's default as the help shows it (flags default to None: "not given", so that a config file's
+    or a resumed experiment's value stands)."""
+    from nnal.config import Config
+
+    return str(Config.model_fields[field].default)
+
+
+def _threads(threads: int | None) -> None:
+    """``--threads``: torch's threads for this process (default: every core it may use)."""
+    import os
+
+    if threads is not None:
+        if threads < 1:
+            _fail(f"--threads: must be at least 1, got {threads}")
+        os.environ["NNAL_THREADS"] = str(threads)
+
+
+Int = dict(metavar="INTEGER")
+
+
 @app.command()
 def run(
     output: Annotated[Path, typer.Option(help="experiment folder (created, or resumed if it exists)")],
@@ -54,45 +76,56 @@ def run(
                                                 "$nnUNet_raw")] = None,
     strategy: Annotated[str | None, typer.Option(help="random, entropy, meanstd, bald, coreset, badge, "
                                                  "stochastic-batches, usimc, usimf; or full (every pool slice, the "
-                                                 "reference). Options: see 'nnal strategies'")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with config fields (flags override it)")] = None,
-    fold: Annotated[str | None, typer.Option(help="nnU-Net 5-fold split fold (0-4); its val cases are the test set")
-                    ] = None,
-    seed: Annotated[str | None, typer.Option(help="seed for every random choice (integer >= 0)")] = None,
-    rounds: Annotated[str | None, typer.Option(help="selection rounds after the initial round")] = None,
-    initial: Annotated[str | None, typer.Option(help="initial random labeled slices (paper: 100)")] = None,
-    budget: Annotated[str | None, typer.Option(help="slices selected per round (paper: 100)")] = None,
-    preset: Annotated[str | None, typer.Option(help="training schedule: cpu, gpu-short or paper")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+                                                 "reference). Options: see 'nnal strategies'",
+                                                 show_default=_default("strategy"))] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with config fields (flags override it; paths in it "
+                                                "are relative to it)")] = None,
+    fold: Annotated[str | None, typer.Option(help="nnU-Net 5-fold split fold (0-4); its val cases are the test set",
+                                             show_default=_default("fold"), **Int)] = None,
+    seed: Annotated[str | None, typer.Option(help="seed for every random choice (integer >= 0)",
+                                             show_default=_default("seed"), **Int)] = None,
+    rounds: Annotated[str | None, typer.Option(help="selection rounds after the initial round",
+                                               show_default=_default("rounds"), **Int)] = None,
+    initial: Annotated[str | None, typer.Option(help="initial random labeled slices (paper: 100)",
+                                                show_default=_default("initial"), **Int)] = None,
+    budget: Annotated[str | None, typer.Option(help="slices selected per round (paper: 100)",
+                                               show_default=_default("budget"), **Int)] = None,
+    preset: Annotated[str | None, typer.Option(help="training schedule: cpu, gpu-short or paper (on a GPU, choose "
+                                               "gpu-short or paper)", show_default=_default("preset"))] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA if present), cpu or cuda",
+                                               show_default=_default("device"))] = None,
+    splits: Annotated[Path | None, typer.Option(help="your nnU-Net splits_final.json (default: nnU-Net's 5-fold "
+                                                "split, seed 12345)")] = None,
+    plans: Annotated[Path | None, typer.Option(help="your nnUNetPlans.json, used instead of nnU-Net's planner")
+                     ] = None,
     cache: Annotated[Path | None, typer.Option(help="folder for nnU-Net's plans and preprocessed data, "
                                                "shareable between experiments (default: OUTPUT/nnunet)")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: every core)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     oracle: Annotated[str | None, typer.Option(help="simulated (labels from the dataset's ground truth) or human "
                                                "(annotation mode: stop after each selection for a person's masks; "
-                                               "see 'nnal query', 'nnal ingest')")] = None,
+                                               "see 'nnal query', 'nnal ingest')",
+                                               show_default=_default("oracle"))] = None,
 ) -> None:
     """Run an active-learning experiment (or resume it where it stopped)."""
     from nnal.analysis.tables import dice_table
-    from nnal.config import build, load_yaml
-    from nnal.dataset import locate_dataset
+    from nnal.config import build, read_run_file
     from nnal.loop import run_experiment
 
-    values = load_yaml(config) if config is not None else {}
-    if isinstance(values.get("dataset"), str):  # a path in a file is relative to the file
-        values["dataset"] = str(locate_dataset(values["dataset"], base=config.parent))
-    for key in ("splits", "plans"):
-        if isinstance(values.get(key), str):
-            values[key] = str((config.parent / values[key]).resolve())
+    _threads(threads)
+    values = read_run_file(config) if config is not None else {}
     if config is None and (output / "config.yaml").is_file():  # resuming: the saved settings, unless flags differ
         from nnal.experiment import ExperimentFolder
 
         values = ExperimentFolder(output).read_config().to_dict()
     numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget)
-    flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device, oracle=oracle,
+    files = {k: str(v.resolve()) for k, v in (("splits", splits), ("plans", plans)) if v is not None}
+    flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device, oracle=oracle, **files,
                  **{k: _flag_value(v) for k, v in numbers.items() if v is not None})
     values.update({k: v for k, v in flags.items() if v is not None})
     source = " and ".join(s for s in (config and str(config), "command line" if any(flags.values()) else "") if s)
-    results = run_experiment(build(values, source or "command line"), output, cache=cache, progress=not quiet)
+    results = run_experiment(build(values, source or "command line"), output, cache=cache, progress=not quiet,
+                             emit=lambda line: typer.echo(line, err=True))
     if len(results):
         typer.echo(dice_table(results))
         typer.echo(f"results: {output / 'results.csv'}")
@@ -135,16 +168,23 @@ def ingest(
 
 @app.command()
 def status(
-    experiment: Annotated[Path, typer.Argument(help="an experiment folder")],
+    experiment: Annotated[Path, typer.Argument(help="an experiment folder, or a folder of them (a grid's output, "
+                                               "the demo's)")],
     json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Round, labeled slices per class, the batch waiting for masks, time per round, last Dice."""
     import json
 
     from nnal.annotation.status import experiment_status, format_status
+    from nnal.experiment import ExperimentFolder
+    from nnal.overview import format_overview, overview
 
-    found = experiment_status(experiment)
-    typer.echo(json.dumps(found) if json_output else format_status(found))
+    if ExperimentFolder(experiment).holds_experiment():
+        found = experiment_status(experiment)
+        typer.echo(json.dumps(found) if json_output else format_status(found))
+    else:  # a grid's output, the demo's: every experiment below it
+        found = overview(experiment)
+        typer.echo(json.dumps(found) if json_output else format_overview(found))
 
 
 @app.command()
@@ -180,10 +220,12 @@ def grid(
 def demo(
     output: Annotated[Path, typer.Option(help="folder for the demo's experiments")] = Path("demo-output"),
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: every core)")] = None,
 ) -> None:
     """Random against USIMF on the bundled MSD Hippocampus copy, CPU schedule, a few rounds, then a report."""
     from nnal.demo import run_demo
 
+    _threads(threads)
     run_demo(output, progress=not quiet)
 
 

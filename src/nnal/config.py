@@ -182,6 +182,23 @@ def upgrade_saved(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "dropout": "channel", "mc_dropout_p": values["dropout_p"]}
 
 
+def read_run_file(path: Path) -> dict[str, Any]:
+    """An experiment's config file: its fields, paths in it (dataset, splits, plans) relative to the file. A grid
+    file given here is named as one (it would otherwise fail on every key)."""
+    from nnal.dataset import locate_dataset
+
+    values = load_yaml(path)
+    if "strategies" in values or "datasets" in values:
+        raise ConfigError(f"{path}: a grid file (it has 'strategies'/'datasets'), not an experiment's config; run it "
+                          f"with 'nnal grid {path}'")
+    if isinstance(values.get("dataset"), str):
+        values["dataset"] = str(locate_dataset(values["dataset"], base=Path(path).parent))
+    for key in ("splits", "plans"):
+        if isinstance(values.get(key), str):
+            values[key] = str((Path(path).parent / values[key]).resolve())
+    return values
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file."""
     try:

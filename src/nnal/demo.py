@@ -10,16 +10,26 @@ import pandas as pd
 from nnal.analysis.extras import build_full_report
 from nnal.analysis.tables import dice_table
 from nnal.config import Config
+from nnal.errors import DatasetError
 from nnal.loop import run_experiment
 
-BUNDLED = Path(__file__).resolve().parents[2] / "data" / "Task04_Hippocampus"
+# package data, so that the demo runs from a wheel as from a clone (where data/Task04_Hippocampus links here)
+BUNDLED = Path(__file__).resolve().parent / "data" / "Task04_Hippocampus"
 STRATEGIES = ("random", "usimf")
 
 
-def demo_config(strategy: str, dataset: Path = BUNDLED) -> Config:
+def bundled_dataset() -> Path:
+    """The MSD Hippocampus copy shipped inside the package; one line naming it when an install left it out."""
+    if not (BUNDLED / "dataset.json").is_file():
+        raise DatasetError(f"{BUNDLED}: the demo's bundled Hippocampus data are missing from this nnal install; "
+                           "reinstall nnal from its wheel or a clone (pip install -e .)")
+    return BUNDLED
+
+
+def demo_config(strategy: str, dataset: Path | None = None) -> Config:
     """The demo's schedule: the cpu preset on a pool of 25 training cases, 10 test cases, 3 rounds, T=5."""
-    return Config(dataset=str(dataset), strategy=strategy, preset="cpu", rounds=3, initial=100, budget=100,
-                  pool_cases=25, test_cases=10, mc_passes=5, device="cpu")
+    return Config(dataset=str(dataset or bundled_dataset()), strategy=strategy, preset="cpu", rounds=3, initial=100,
+                  budget=100, pool_cases=25, test_cases=10, mc_passes=5, device="cpu")
 
 
 def run_demo(output: Path, progress: bool = True) -> pd.DataFrame:

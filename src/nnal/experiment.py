@@ -85,6 +85,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+# folders under a grid's or the demo's output that hold no experiment of its own: nnU-Net caches, shared round 0s
+NOT_EXPERIMENTS = frozenset({"nnunet", "nnunet-cache", "round0", "report"})
+
+
+def experiment_folders(root: Path, depth: int = 3) -> list[Path]:
+    """The experiment folders ``root`` stands for: itself, or those below it (a grid's output, the demo's), at most
+    ``depth`` levels down, in name order; a grid's shared round 0s and nnU-Net caches are not among them."""
+    root = Path(root)
+    if (root / "config.yaml").is_file():
+        return [root]
+    if depth == 0 or not root.is_dir():
+        return []
+    found: list[Path] = []
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_EXPERIMENTS):
+        found.extend(experiment_folders(child, depth - 1))
+    return found
+
+
 class FolderLock:
     """An exclusive ``flock`` on ``<folder>/.lock``; a second process is refused at once."""
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from nnal import __version__
 from nnal.annotation.oracle import Oracle, make_oracle
@@ -40,6 +39,7 @@ from nnal.preflight import (
     is_preprocessed,
 )
 from nnal.provenance import git_commit
+from nnal.run_output import Emit, bar, pass_counter, summary
 from nnal.strategies import PoolView, Strategy, get_strategy
 
 # A backend factory may also offer ``splits(dataset, cache)``: the fold split without building the backend, so that
@@ -61,8 +61,10 @@ def nnunet_backend(dataset: RawDataset, cache: Path, config: Config):
 
 
 def run_experiment(config: Config, output: Path, cache: Path | None = None, share_round0: Path | None = None,
-                   progress: bool = True, backend_factory: BackendFactory = nnunet_backend) -> pd.DataFrame:
-    """Run (or resume) an experiment in ``output``; return its results table."""
+                   progress: bool = True, backend_factory: BackendFactory = nnunet_backend,
+                   emit: Emit | None = None) -> pd.DataFrame:
+    """Run (or resume) an experiment in ``output``; return its results table. ``emit``: where the start-up summary
+    and the preparation's lines go (None: nowhere)."""
     config = settled(config)
     strategy = get_strategy(config.strategy)
     folder = ExperimentFolder(output)
@@ -80,7 +82,11 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     identity = fingerprint(dataset)
     folder.check_dataset(identity)
     check_device(config.device)
-    check_disk(dataset, cache, cache_ready=is_preprocessed(dataset, cache), output=folder.root)
+    prepared = is_preprocessed(dataset, cache)
+    check_disk(dataset, cache, cache_ready=prepared, output=folder.root)
+    say = emit or (lambda _line: None)
+    for line in summary(config, dataset, _known_split(config, dataset, cache, backend_factory), cache, prepared):
+        say(line)
 
     with folder.lock():
         config = folder.reconcile(config)  # again under the lock: another process may have started it meanwhile
@@ -88,7 +94,12 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
         folder.write_fingerprint(identity)
         if results_need_rebuild(folder):  # derived from the rounds' metrics
             folder.write_results()
+        if not prepared:
+            say(f"{config.experiment}: nnU-Net plans and preprocesses {len(dataset.cases)} cases (once per dataset)")
+        t = time.perf_counter()
         backend = backend_factory(dataset, cache, config)
+        if not prepared:
+            say(f"{config.experiment}: prepared in {time.perf_counter() - t:.0f} s")
         folder.write_environment(_environment(backend))
         pool, test_cases = _pool_and_test(backend, config, dataset, folder)
         oracle = make_oracle(config, folder, dataset)
@@ -144,9 +155,9 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
             if not folder.done(r, "evaluate"):
                 t = time.perf_counter()
                 evaluated = oracle.test_cases(test_cases)
-                bar = tqdm(total=len(evaluated), desc=f"round {r} evaluate", disable=not progress, leave=False)
-                rows = backend.evaluate(weights, evaluated, config.score_batch_size, on_case=bar.update)
-                bar.close()
+                with bar(config.experiment, f"round {r} evaluate", len(evaluated), enabled=progress,
+                         unit="case") as cases:
+                    rows = backend.evaluate(weights, evaluated, config.score_batch_size, on_case=cases.update)
                 folder.write_metrics(r, _metric_rows(config, r, len(labeled), rows, backend.dataset_json))
                 folder.write_results()
                 folder.finish(r, "evaluate", time.perf_counter() - t)
@@ -308,12 +319,11 @@ def pool_view(config: Config, pool: SlicePool, unlabeled: np.ndarray, labeled: n
 
 def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled: np.ndarray, labeled: np.ndarray,
            r: int, progress: bool) -> dict[str, np.ndarray]:
-    bar = tqdm(desc=f"round {r} score", unit="slice", disable=not progress, leave=False)
-    try:
-        return strategy.score(model, pool_view(config, pool, unlabeled, labeled, r, bar.update),
-                              config.strategy_options)
-    finally:
-        bar.close()
+    what = f"round {r} score"
+    with bar(config.experiment, what, len(unlabeled), enabled=progress, unit="slice") as slices:
+        counter = pass_counter(slices, len(unlabeled), f"{config.experiment} {what}")
+        view = pool_view(config, pool, unlabeled, labeled, r, counter)
+        return strategy.score(model, view, config.strategy_options)
 
 
 def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: SlicePool, unlabeled: np.ndarray,
@@ -342,18 +352,13 @@ def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: 
 def _train(backend, config: Config, pool: SlicePool, labeled: np.ndarray, weights, folder: ExperimentFolder,
            r: int, progress: bool):
     epochs = config.epochs_initial if r == 0 else config.epochs_per_round
-    bar = tqdm(total=epochs * config.iterations_per_epoch, desc=f"round {r} train", disable=not progress,
-               leave=False)
+    with bar(config.experiment, f"round {r} train", epochs * config.iterations_per_epoch, enabled=progress) as steps:
+        def step(loss: float) -> None:
+            steps.update()
+            steps.set_postfix(loss=f"{loss:.3f}")
 
-    def step(loss: float) -> None:
-        bar.update()
-        bar.set_postfix(loss=f"{loss:.3f}")
-
-    try:
         return backend.train(config.fold, pool.by_case(labeled), config, epochs, weights, folder.training_log_dir(r),
                              phase_seed(config.seed, r, "train"), on_step=step)
-    finally:
-        bar.close()
 
 
 def _metric_rows(config: Config, r: int, n_labeled: int, rows: list[tuple[str, int, float]],

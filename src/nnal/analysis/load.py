@@ -25,7 +25,7 @@ import yaml
 
 from nnal.analysis.readers import KEYS, numeric_columns, one_line, read_csv, read_json, read_results
 from nnal.errors import ConfigError, ReportError
-from nnal.experiment import RESULT_COLUMNS, SELECTION_COLUMNS, ExperimentFolder
+from nnal.experiment import RESULT_COLUMNS, SELECTION_COLUMNS, ExperimentFolder, experiment_folders
 from nnal.strategies import REGISTRY, format_variant, variant_label
 
 FULL = "full"  # the strategy name of a full-label reference experiment (trains on every pool slice)
@@ -81,8 +81,8 @@ class Experiment:
 
 
 def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
-    """Experiment folders among ``dirs``; a folder without ``config.yaml`` whose subfolders are experiments
-    (e.g. the demo's output folder) stands for them."""
+    """Experiment folders among ``dirs``; a folder without ``config.yaml`` stands for the experiments below it
+    (the demo's output, a grid's output: :func:`nnal.experiment.experiment_folders`)."""
     found: list[Path] = []
     seen: set[Path] = set()
     for d in map(Path, dirs):
@@ -91,7 +91,7 @@ def find_experiments(dirs: Iterable[Path | str]) -> list[Path]:
         if ExperimentFolder(d).holds_experiment():
             children = [d]
         else:
-            children = sorted(c for c in d.iterdir() if c.is_dir() and ExperimentFolder(c).holds_experiment())
+            children = experiment_folders(d)
             if not children:
                 raise ReportError(f"{d}: not an nnal experiment folder (no config.yaml) and holds none")
         for child in children:  # a folder given twice (``runs runs/exp``) is read once

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import yaml
 
 from nnal.annotation.manifest import TRUE_WORDS
 from nnal.annotation.volumes import Unreadable, index_along, label_dtype, nifti_bytes, read_volume
@@ -49,6 +50,7 @@ class SelectedSlice:
 
 def find_round_folder(experiment: str | Path, *, round_: int | None = None) -> Path:
     """``DIR/annotate/round_NNN``: the given round, or the highest-numbered one (the pending batch)."""
+    _refuse_simulated(Path(experiment))
     root = Path(experiment) / "annotate"
     if round_ is not None:
         if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
@@ -67,6 +69,22 @@ def find_round_folder(experiment: str | Path, *, round_: int | None = None) -> P
         raise AnnotationBatchError(f"{root}: every batch has been ingested (run 'nnal query {experiment}' for the "
                                    "next, or open one again with --round N)")
     return pending[-1][1]
+
+
+def _refuse_simulated(experiment: Path) -> None:
+    """A simulated run has no batch for a person (its oracle reads the dataset's labels): say so, rather than
+    pointing at 'nnal query', which refuses it too."""
+    config_file = experiment / "config.yaml"
+    if not config_file.is_file():
+        return
+    try:
+        oracle = (yaml.safe_load(config_file.read_text()) or {}).get("oracle", "simulated")
+    except (OSError, yaml.YAMLError):
+        return
+    if oracle != "human":
+        raise AnnotationBatchError(f"{experiment}: a simulated run (oracle: {oracle}), whose labels come from the "
+                                   "dataset; nnal annotate opens the batches of an annotation experiment (start one "
+                                   "with 'nnal run --oracle human')")
 
 
 def _ingested_rounds(record: Path) -> set[int]:

@@ -11,7 +11,7 @@ import yaml
 
 from nnal import __version__
 from nnal.dataset import locate_dataset
-from nnal.errors import ConfigError
+from nnal.errors import ConfigError, EnvironmentProblem
 from nnal.experiment import atomic_write_text
 from nnal.grid.checks import check_datasets, check_output, check_settings_of
 from nnal.grid.progress import Progress, preparation_steps
@@ -41,6 +41,8 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
         raise ConfigError(f"--backend: unknown {backend!r}; known: {', '.join(BACKENDS)}")
     if max_parallel is not None and max_parallel < 1:
         raise ConfigError(f"--max-parallel: must be at least 1, got {max_parallel}")
+    if executor == "ray":
+        require_ray()
     spec = load_grid(path)
     experiments = expand(spec, str(path), base=path.parent)  # paths in a file are relative to it
     # every check before anything is written
@@ -105,6 +107,15 @@ def _as_run(spec: GridSpec, path: Path) -> str:
     values = spec.model_dump(mode="json")
     values["datasets"] = [str(locate_dataset(d, base=path.parent)) for d in spec.datasets]
     return f"# {path} as run (dataset paths made absolute)\n" + yaml.safe_dump(values, sort_keys=False)
+
+
+def require_ray() -> None:
+    """Ray is the optional ``grid`` extra: without it, one line saying how to get it, before any work."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem("nnal grid needs Ray, the optional 'grid' extra: pip install -e '.[grid]' in a "
+                                 "clone (or the wheel's [grid]); or run it with --executor local") from None
 
 
 def _gpu_count() -> int:

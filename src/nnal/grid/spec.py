@@ -67,6 +67,9 @@ class GridExperiment:
 def load_grid(path: Path) -> GridSpec:
     """Read and check a grid file; a problem is one ConfigError line naming the file."""
     values = load_yaml(path)
+    if "dataset" in values and "datasets" not in values:
+        raise ConfigError(f"{path}: an experiment's config (it has 'dataset'), not a grid file; run it with "
+                          f"'nnal run --config {path} --output DIR'")
     try:
         return GridSpec(**values)
     except ValidationError as err:
