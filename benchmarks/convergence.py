@@ -10,7 +10,7 @@ mean foreground Dice by less than ``--tolerance`` (0.02) everywhere.
     python benchmarks/convergence.py --table results/cpu-protocol-convergence.json
 
 ``--full`` checks the grid's full-label reference instead: it trains once, from scratch, on every pool slice (with
-the grid's ``full_reference`` settings over ``settings``), so it is run as given and with ``epochs_initial``
+the grid's ``full_reference`` settings over ``settings``), so it is run as given and with its ``full_epochs``
 doubled, and its Dice compared the same way (the "round 0" columns; there is no later round).
 """
 
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seeds:
             base = build({**settings, "dataset": dataset, "strategy": strategy, "fold": fold, "seed": seed},
                          str(args.grid)).resolved()
-            doubled = base.replace(epochs_initial=2 * base.epochs_initial, epochs_per_round=2 * base.epochs_per_round)
+            doubled = base.replace(epochs_initial=2 * base.epochs_initial, epochs_per_round=2 * base.epochs_per_round,
+                                   full_epochs=2 * base.full_epochs)
             dice = {}
             for name, config in (("protocol", base), ("doubled", doubled)):
                 t = time.perf_counter()

@@ -37,13 +37,13 @@ def per_iteration_fit(measured: dict) -> tuple[float, float]:
 
 def grid_trainings(grid: Path) -> list[tuple[str, int]]:
     """Every training the grid runs, as (what, iterations), round 0 counted once per group."""
-    experiments = expand(load_grid(grid), str(grid), base=Path.cwd())
+    experiments = expand(load_grid(grid), str(grid), base=Path(grid).parent)
     out: list[tuple[str, int]] = []
     seen_groups: set[str] = set()
     for exp in experiments:
         c = exp.config.resolved()
         if exp.round0_group is None:  # the full reference: one training on every pool slice
-            out.append(("full reference", c.epochs_initial * c.iterations_per_epoch))
+            out.append(("full reference", c.full_epochs * c.iterations_per_epoch))
             continue
         if exp.round0_group not in seen_groups:
             seen_groups.add(exp.round0_group)

@@ -293,6 +293,39 @@ def export(
                    f"{done.output / 'nnUNet_results'} nnUNetv2_predict -i IN -o OUT -d {number} -c 2d -f {done.fold}")
 
 
+@app.command()
+def regimes(
+    dataset: Annotated[str, typer.Argument(help="dataset folder, DatasetNNN_Name or id (as for nnal run)")],
+    output: Annotated[Path, typer.Option(help="folder for Random's curve (its grid), the figure, regimes.json and "
+                                         "one regime-<name>-grid.yaml per regime")],
+    fold: Annotated[int, typer.Option(help="the fold whose pool and test cases are used")] = 0,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="seeds of the curve (repeat the flag)")] = None,
+    start: Annotated[int, typer.Option(help="the smallest labeled set; it doubles up to the pool")] = 8,
+    sizes: Annotated[list[int] | None, typer.Option("--size", help="the labeled-set sizes instead (repeat)")] = None,
+    settings: Annotated[Path | None, typer.Option(help="YAML mapping of config fields for every run (preset, "
+                                                  "pool_cases, test_cases, ...)")] = None,
+    strategy: Annotated[list[str] | None, typer.Option("--strategy", help="strategies of the proposed grids "
+                                                        "(repeat; default: the comparison set)")] = None,
+    comparison_seeds: Annotated[int, typer.Option(help="seeds of the proposed grids (0 .. N-1)")] = 5,
+    executor: Annotated[str, typer.Option(help="ray, or local")] = "ray",
+    dry_run: Annotated[bool, typer.Option(help="the curve on nnal's fake model (seconds)")] = False,
+) -> None:
+    """Random's learning curve (labeled sets doubling to the pool, the full-label reference), and a low, a medium
+    and a high label regime proposed from it, each as a grid file to run."""
+    from nnal.config import load_yaml
+    from nnal.regimes import COMPARISON, run_regimes
+    from nnal.strategies import REGISTRY
+
+    values = load_yaml(settings) if settings is not None else {}
+    chosen = strategy or [s for s in COMPARISON if s in REGISTRY]
+    grids = run_regimes(dataset, output, fold=fold, seeds=seeds or [0, 1, 2], start=start, sizes=sizes,
+                        settings=values, strategies=chosen, comparison_seeds=list(range(comparison_seeds)),
+                        executor=executor, dry_run=dry_run, emit=typer.echo)
+    typer.echo(f"curve: {output / 'curve.png'}, regimes: {output / 'regimes.json'}")
+    for path in grids:
+        typer.echo(f"grid: {path}  (nnal grid {path})")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks.")
 app.add_typer(bench_app, name="bench")
 

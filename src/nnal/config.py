@@ -21,14 +21,17 @@ from nnal.strategies import get_strategy
 PRESETS: dict[str, dict[str, Any]] = {
     # minutes on 2 CPU cores: small batch, short rounds, a longer first round, no augmentation and a higher
     # learning rate so that nnU-Net leaves its all-background start within ~150 iterations (docs/deviations.md)
+    # the full-label reference: 1,200 iterations from scratch, twice what passed its doubling check on the CPU
+    # protocol (docs/grids.md, results/cpu-full-reference-convergence.json)
     "cpu": dict(batch_size=16, iterations_per_epoch=25, epochs_initial=10, epochs_per_round=2,
-                initial_lr=3e-2, augmentation=False, score_batch_size=128),
+                initial_lr=3e-2, augmentation=False, score_batch_size=128, full_epochs=48),
     # a round in well under a minute on an H100 (augmentation workers are the bottleneck)
     "gpu-short": dict(batch_size=None, iterations_per_epoch=50, epochs_initial=10, epochs_per_round=4,
-                      initial_lr=1e-2, augmentation=True, score_batch_size=1024),
-    # the paper: 300 epochs x 250 iterations per round, nnU-Net's planned batch size
+                      initial_lr=1e-2, augmentation=True, score_batch_size=1024, full_epochs=40),
+    # the paper: 300 epochs x 250 iterations per round, nnU-Net's planned batch size; the full-label reference as
+    # the paper's code trained it, nnU-Net's stock 1000 epochs from scratch
     "paper": dict(batch_size=None, iterations_per_epoch=250, epochs_initial=300, epochs_per_round=300,
-                  initial_lr=1e-2, augmentation=True, score_batch_size=1024),
+                  initial_lr=1e-2, augmentation=True, score_batch_size=1024, full_epochs=1000),
 }
 
 # fields that may change when an existing experiment is resumed (they do not change its results)
@@ -72,6 +75,7 @@ class Config(BaseModel):
     iterations_per_epoch: OptionalPositiveInt = None
     epochs_initial: OptionalPositiveInt = None
     epochs_per_round: OptionalPositiveInt = None
+    full_epochs: OptionalPositiveInt = None  # the full-label reference's own schedule (strategy full), from scratch
     initial_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     augmentation: bool | None = None  # None: from the preset; False uses nnU-Net's nnUNetTrainerNoDA
     # model and scoring. Dropout as the paper's code ran it (docs/fidelity.md): element-wise nn.Dropout after every
@@ -174,12 +178,16 @@ def describe_error(err: ValidationError) -> str:
 
 
 def upgrade_saved(values: dict[str, Any]) -> dict[str, Any]:
-    """A ``config.yaml`` saved before the dropout regime was configurable, read as what that run did:
-    ``Dropout2d`` with one p for training and scoring. Saved configs name every field, so a missing
-    ``dropout`` marks them."""
-    if "dropout" in values or "dropout_p" not in values:
-        return values
-    return {**values, "dropout": "channel", "mc_dropout_p": values["dropout_p"]}
+    """A ``config.yaml`` saved by an older nnal, read as what that run did. Saved configs name every field, so a
+    missing one marks them: without ``dropout``, ``Dropout2d`` with one p for training and scoring; without
+    ``full_epochs``, a full-label reference trained for ``epochs_initial`` (others: the preset's, unused)."""
+    if "dropout" not in values and "dropout_p" in values:
+        values = {**values, "dropout": "channel", "mc_dropout_p": values["dropout_p"]}
+    if "full_epochs" not in values and "epochs_initial" in values:
+        preset = PRESETS.get(values.get("preset", "cpu"), PRESETS["cpu"])
+        full = values["epochs_initial"] if values.get("strategy") == "full" else preset["full_epochs"]
+        values = {**values, "full_epochs": full}
+    return values
 
 
 def read_run_file(path: Path) -> dict[str, Any]:

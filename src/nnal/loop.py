@@ -204,7 +204,7 @@ def check_settings(config: Config, dataset: RawDataset, cache: Path, backend_fac
         read_plans(Path(config.plans))
     split = _known_split(config, dataset, cache, backend_factory)
     _check_redundancy(config, dataset, split)
-    pool_cases = _fold_cases(split, config)[0] if split is not None else None
+    pool_cases = fold_cases(split, config)[0] if split is not None else None
     duplicate = config.redundancy.case if config.redundancy is not None else None
     copies = config.redundancy.copies if config.redundancy is not None else 0
     on_cpu = config.device == "cpu" or (config.device == "auto" and not cuda_available())
@@ -227,7 +227,7 @@ def nnunet_splits(dataset: RawDataset, cache: Path) -> list[dict[str, list[str]]
 nnunet_backend.splits = nnunet_splits  # type: ignore[attr-defined]
 
 
-def _fold_cases(split: dict[str, list[str]], config: Config) -> tuple[list[str], list[str]]:
+def fold_cases(split: dict[str, list[str]], config: Config) -> tuple[list[str], list[str]]:
     """(pool cases, test cases) of one fold's split: all of them, or the config's seeded subsets."""
     train_cases, test_cases = sorted(split["train"]), sorted(split["val"])
     rng = np.random.default_rng([config.seed, 12345])
@@ -267,7 +267,7 @@ def _check_redundancy(config: Config, dataset: RawDataset, split: dict[str, list
         raise ConfigError(f"redundancy.case: the dataset {dataset.name} has no case {case!r}; name one of fold "
                           f"{config.fold}'s training cases")
     if split is not None:
-        _check_pool_case(config, split, _fold_cases(split, config)[0])
+        _check_pool_case(config, split, fold_cases(split, config)[0])
 
 
 def _check_pool_case(config: Config, split: dict[str, list[str]], pool_cases: list[str]) -> None:
@@ -292,7 +292,7 @@ def _pool_and_test(backend, config: Config, dataset: RawDataset,
     """Pool: every slice of the fold's training cases (a duplicated case ``copies`` more times); test: the fold's
     validation cases (of the user's split file, or the backend's split). Seeded subsets."""
     split = _user_split(config, dataset) or backend.splits[config.fold]
-    train_cases, test_cases = _fold_cases(split, config)
+    train_cases, test_cases = fold_cases(split, config)
     _check_pool_case(config, split, train_cases)  # for factories that cannot tell the split beforehand
     folder.check_split(train_cases, test_cases)
     if folder.has_pool():
@@ -351,7 +351,10 @@ def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: 
 
 def _train(backend, config: Config, pool: SlicePool, labeled: np.ndarray, weights, folder: ExperimentFolder,
            r: int, progress: bool):
-    epochs = config.epochs_initial if r == 0 else config.epochs_per_round
+    if config.strategy == "full":  # the reference's own schedule (the paper's code: nnU-Net's stock 1000 epochs)
+        epochs = config.full_epochs
+    else:
+        epochs = config.epochs_initial if r == 0 else config.epochs_per_round
     with bar(config.experiment, f"round {r} train", epochs * config.iterations_per_epoch, enabled=progress) as steps:
         def step(loss: float) -> None:
             steps.update()

@@ -30,7 +30,8 @@ def summary(config: Config, dataset: RawDataset, split: dict[str, list[str]] | N
         pool = str(min(len(split["train"]), config.pool_cases or len(split["train"])))
         test = str(min(len(split["val"]), config.test_cases or len(split["val"])))
     budget = config.budget if isinstance(config.budget, int) else "/".join(map(str, config.budget))
-    iterations = (config.epochs_initial or 0) * (config.iterations_per_epoch or 0)
+    first = config.full_epochs if config.strategy == "full" else config.epochs_initial
+    iterations = (first or 0) * (config.iterations_per_epoch or 0)
     per_round = (config.epochs_per_round or 0) * (config.iterations_per_epoch or 0)
     return [f"{config.experiment}: {config.strategy} on {dataset.name} ({len(dataset.cases)} cases; fold "
             f"{config.fold}: {pool} pool cases, {test} test cases), seed {config.seed}, {config.initial} initial "

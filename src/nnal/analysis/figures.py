@@ -82,14 +82,29 @@ def _draw_reference(ax, full: pd.DataFrame | None, color: str) -> None:
     if full is None or not len(full):
         return
     mean, std, n = full["dice_mean"].mean(), full["dice_mean"].std(), int(full["n"].sum())
-    ax.axhline(mean, color=color, ls="--", lw=1.2, label=f"full labels (n={n})")
+    schedule = full["schedule"].iloc[0] if "schedule" in full.columns else ""
+    ax.axhline(mean, color=color, ls="--", lw=1.2, label=f"full labels{schedule} (n={n})")
     if n > 1 and np.isfinite(std):
         ax.axhspan(mean - std, mean + std, color="black", alpha=0.06, linewidth=0)
 
 
-def _reference(curves: pd.DataFrame) -> pd.DataFrame | None:
+def reference_schedule(full: pd.DataFrame) -> str:
+    """The full-label reference's training, as its label says it (", 1,200 iterations"): it moves the line the
+    curves are read against."""
+    if not {"full_epochs", "iterations_per_epoch"} <= set(full.columns):
+        return ""
+    iterations = (pd.to_numeric(full["full_epochs"], errors="coerce")
+                  * pd.to_numeric(full["iterations_per_epoch"], errors="coerce")).dropna().unique()
+    return f", {int(iterations[0]):,} iterations" if len(iterations) == 1 else ""
+
+
+def _reference(curves: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame | None:
+    """The full-label reference's final rows of ``curves``, with its schedule (from ``results``) for the label."""
     full = curves[curves["strategy"] == FULL]
-    return full.loc[full.groupby(VARIANT)["round"].idxmax()] if len(full) else None
+    if not len(full):
+        return None
+    return full.loc[full.groupby(VARIANT)["round"].idxmax()].assign(
+        schedule=reference_schedule(results[results["strategy"] == FULL]))
 
 
 def plot_learning_curves(results: pd.DataFrame, label: str = "mean") -> Figure:
@@ -101,7 +116,7 @@ def plot_learning_curves(results: pd.DataFrame, label: str = "mean") -> Figure:
     """
     curves = learning_curves(results, label)
     colors = strategy_colors(with_variants(results)[VARIANT].unique())
-    full, bands = _reference(curves), bands_in_one_panel(results)
+    full, bands = _reference(curves, results), bands_in_one_panel(results)
     fig, axes = _figure(2)
     what = "mean foreground Dice" if label == "mean" else f"Dice ({label})"
     for ax, x, xlabel in ((axes[0, 0], "n_labeled", "labeled slices"), (axes[0, 1], "pct_pool", "% of the pool")):
@@ -122,7 +137,7 @@ def plot_curve_panels(results: pd.DataFrame, label: str = "mean", ncols: int = 3
     if not variants:
         return None
     colors = strategy_colors(with_variants(results)[VARIANT].unique())
-    full = _reference(curves)
+    full = _reference(curves, results)
     ncols = min(ncols, len(variants))
     nrows = int(np.ceil(len(variants) / ncols))
     fig, axes = _figure(ncols, nrows, (4.0, 2.9))
@@ -156,7 +171,7 @@ def plot_class_curves(results: pd.DataFrame) -> Figure | None:
     for k, lab in enumerate(labels):
         ax = axes.flat[k]
         curves = learning_curves(results, lab)
-        _draw_curves(ax, curves, "n_labeled", colors, _reference(curves), bands)
+        _draw_curves(ax, curves, "n_labeled", colors, _reference(curves, results), bands)
         ax.set_title(str(lab))
         ax.set_xlabel("labeled slices")
         ax.set_ylabel("Dice")

@@ -27,8 +27,10 @@ NOT_PROTOCOL = frozenset({"experiment", "fold", "seed", "device", "num_processes
                           "strategy", "strategy_options"})
 # Protocol fields a full-label reference does not use: it trains once on every pool slice and scores nothing.
 AL_ONLY = frozenset({"rounds", "initial", "budget", "epochs_per_round", "mc_passes", "mc_dropout_p"})
+# and the one an AL experiment does not use: the reference's own schedule
+FULL_ONLY = frozenset({"full_epochs"})
 # Fields on which a full-label reference must agree with the AL experiments it is drawn with: what the pool and the
-# test set are. Its training schedule may differ by design (a grid's ``full_reference: {epochs_initial: 48}``).
+# test set are. Its training schedule may differ by design (its ``full_epochs``, a grid's ``full_reference``).
 REFERENCE_MATCH = ("pool_cases", "test_cases", "redundancy")
 
 _DEFAULTS = {name: f.default for name, f in Config.model_fields.items() if not f.is_required()}
@@ -51,7 +53,7 @@ def protocol(exp: Experiment) -> dict[str, Any]:
     fields = {k: v for k, v in settings.items() if k not in NOT_PROTOCOL}
     if exp.strategy == FULL:
         return {k: v for k, v in fields.items() if k not in AL_ONLY}
-    return {**fields, "rounds": int(exp.results["round"].max())}
+    return {**{k: v for k, v in fields.items() if k not in FULL_ONLY}, "rounds": int(exp.results["round"].max())}
 
 
 def _comparable(field: str, value: Any) -> str:
