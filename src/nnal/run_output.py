@@ -16,10 +16,14 @@ from nnal.dataset import RawDataset
 Emit = Callable[[str], None]
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (``taskset``, a container's cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def available_threads() -> int:
-    """The cores this process may use (its CPU affinity), or ``NNAL_THREADS`` when set (a grid, ``--threads``)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return int(os.environ.get("NNAL_THREADS") or cores)
+    """The cores this process may use, or ``NNAL_THREADS`` when set (a grid, ``--threads``)."""
+    return int(os.environ.get("NNAL_THREADS") or usable_cores())
 
 
 def summary(config: Config, dataset: RawDataset, split: dict[str, list[str]] | None, cache: Path,

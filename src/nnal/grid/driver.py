@@ -19,6 +19,7 @@ from nnal.grid.run import BACKENDS, GridRun, plan, run_local, signals_as_interru
 from nnal.grid.spec import GridSpec, expand, load_grid
 from nnal.preflight import check_device, check_writable_folder
 from nnal.provenance import git_commit
+from nnal.run_output import usable_cores
 
 EXECUTORS = ("ray", "local")
 DRY_RUN_NOTE = "DRY RUN: every number comes from nnal's fake model, not nnU-Net; these are not results"
@@ -50,7 +51,7 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     devices = {e.config.device for e in experiments}
     for device in devices:
         check_device(device)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     gpus = _gpu_count() if backend == "nnunet" and devices & {"cuda", "auto"} else 0
     parallel = max_parallel or (gpus or max(1, cores // 2))
     threads = max(1, cores // parallel)

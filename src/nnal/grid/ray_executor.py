@@ -19,6 +19,7 @@ import psutil
 from nnal.errors import EnvironmentProblem
 from nnal.grid.progress import Progress
 from nnal.grid.run import GridRun, Step, experiment_step, prepare_step, record, signals_as_interrupts
+from nnal.run_output import usable_cores
 
 CLUSTER_PROBE_SECONDS = 5.0
 # Ray starts its workers at nice 15, so a grid gets almost no CPU while anything else runs on the machine (a grid
@@ -75,7 +76,7 @@ def run_ray(steps: list[Step], run: GridRun, progress: Progress, threads: int, g
             ray.init(address=run.address, log_to_driver=False)
         else:
             os.environ.setdefault("RAY_worker_niceness", WORKER_NICENESS)
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+            ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1")
     started = _Descendants() if started_here and not run.address else None
     refs: dict[str, Any] = {}
