@@ -19,6 +19,8 @@ def test_every_example_config_and_grid_is_valid(path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # paths in a file are relative to the file, wherever the command runs
     if path.name.endswith("-grid.yaml"):  # the name says which kind of file it is
         configs = [e.config for e in expand(load_grid(path), str(path), base=path.parent)]
+    elif path.name.endswith("-settings.yaml"):  # settings for every run of a command (nnal regimes --settings)
+        configs = [build({**load_yaml(path), "dataset": str(BUNDLED)}, str(path))]
     else:
         assert "strategies" not in load_yaml(path)
         configs = [build(read_run_file(path), str(path))]
