@@ -140,14 +140,41 @@ def pool_view(budget: int = 2) -> PoolView:
                     labeled_class_voxels=np.array([10.0, 10.0]), mc_passes=2, batch_size=3, seed=7, budget=budget)
 
 
+def nnunet_loss_gradients(net, folder: Path, names: list[str]) -> np.ndarray:
+    """Per slice, one autograd backward of nnU-Net's own DC_and_CE_loss (batch Dice on a batch of one, no
+    background, smooth 1e-5, padding as the ignore label) under the argmax: the paper code's BADGE(LL) loss. This
+    network has two outputs, whose deep-supervision weights are 1 and 0: the full-resolution term alone."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, ignore_label=3, dice_class=MemoryEfficientSoftDiceLoss)
+    params = dict(net.named_parameters())
+    rows = []
+    for case, slices in CASES:
+        for z in slices:
+            x, mask = padded(folder, case, int(z))
+            logits = net(x)
+            target = torch.where(mask[:, None], logits.argmax(1, keepdim=True), 3)
+            grads = torch.autograd.grad(loss(logits, target), [params[n] for n in names])
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows).numpy()
+
+
 def test_badge_embeddings_are_last_conv_gradients_under_pseudo_labels(net, model, folder):
-    expected = reference_gradients(net, folder, LAST_CONV)
-    assert expected.shape == (4, 8 * 8 * 9 + 8) and np.abs(expected).max() > 0
-    got = model.gradient_embeddings(CASES, group="last-decoder-conv", index=None, batch_size=3)
+    """The default loss is nnU-Net's (the paper's code), the option the full-resolution log-likelihood."""
+    expected = nnunet_loss_gradients(net, folder, LAST_CONV)
+    likelihood = reference_gradients(net, folder, LAST_CONV)
+    assert expected.shape == likelihood.shape == (4, 8 * 8 * 9 + 8) and np.abs(expected).max() > 0
+    got = model.gradient_embeddings(CASES, group="last-decoder-conv", index=None, batch_size=3, loss="nnunet")
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    got = model.gradient_embeddings(CASES, group="last-decoder-conv", index=None, batch_size=3)
+    np.testing.assert_allclose(got, likelihood, rtol=1e-4, atol=1e-6)
     # through the strategy: the full layer (584 <= 10,000), then a seeded subset of 100 of its parameters
     scores = REGISTRY["badge"].score(model, pool_view())
     np.testing.assert_allclose(scores["badge_embeddings"], expected, rtol=1e-4, atol=1e-6)
+    scores = REGISTRY["badge"].score(model, pool_view(), {"loss": "log-likelihood"})
+    np.testing.assert_allclose(scores["badge_embeddings"], likelihood, rtol=1e-4, atol=1e-6)
     scores = REGISTRY["badge"].score(model, pool_view(), {"embedding_dim": 100})
     index = truncate_indices(expected.shape[1], 100, np.random.default_rng(7))
     np.testing.assert_allclose(scores["badge_embeddings"], expected[:, index], rtol=1e-4, atol=1e-6)
@@ -191,6 +218,7 @@ def test_coreset_reads_one_key_for_the_pool_and_the_labeled_set(net, model, fold
     ("badge", {}, {"badge_embeddings"}),
     ("badge", {"embedding": "head"}, {"head_embeddings", "badge_embeddings"}),
     ("badge", {"embedding_dim": 5}, {"badge_embeddings"}),
+    ("badge", {"loss": "log-likelihood"}, {"badge_embeddings"}),
 ])
 def test_strategies_run_through_the_loop_on_the_fake_backend(strategy, options, keys, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: None)
@@ -204,3 +232,13 @@ def test_strategies_run_through_the_loop_on_the_fake_backend(strategy, options, 
         if strategy == "badge":
             assert scores["badge_embeddings"].shape[1] == {"embedding": 3, "embedding_dim": 5}.get(
                 next(iter(options), ""), 12)
+
+
+@pytest.mark.parametrize("loss", ["log-likelihood", "log-likelihood-deep-supervision", "nnunet"])
+def test_the_models_fisher_is_the_count_weighted_mean_of_its_squared_embeddings(model, loss):
+    """``Model.fisher`` (accumulated batch by batch) against ``Model.gradient_embeddings`` of the same loss."""
+    counts = np.array([2, 1, 3, 1])
+    g = model.gradient_embeddings(CASES, group="decoder-convs", index=None, batch_size=3, loss=loss).astype(np.float64)
+    fisher = model.fisher(CASES, counts, group="decoder-convs", batch_size=3, loss=loss)
+    np.testing.assert_allclose(fisher, (g**2 * counts[:, None]).sum(0) / counts.sum(), rtol=1e-4, atol=1e-12)
+    assert fisher.shape == (model.parameter_count("decoder-convs"),)

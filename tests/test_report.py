@@ -14,7 +14,8 @@ from nnal.analysis import ReportExtras, SegmentationExample, build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 ALL_FIGURES = {"learning_curves", "class_curves", "penalty_matrix", "penalty_matrix_holm", "fg_efficiency",
-               "batch_uncertainty", "correlation", "embedding", "segmentation_0", "paired_differences"}
+               "batch_uncertainty", "correlation", "embedding", "segmentation_0", "paired_differences",
+               "label_savings"}
 
 
 def _extras() -> ReportExtras:
@@ -54,7 +55,8 @@ def test_report_files_and_tables(report):
     assert page.count("<img ") == len(ALL_FIGURES) and "skipped" not in page.split("<h2")[1]
     for table in ("summary", "dice_per_round", "final_dice", "penalty_matrix", "penalty_matrix_holm", "verdict",
                   "paired_differences", "paired_differences_final", "fg_efficiency", "config_shared",
-                  "environment_shared", "runtime", "runtime_per_round"):
+                  "environment_shared", "runtime", "runtime_per_round", "label_savings", "label_savings_summary",
+                  "power"):
         assert (report.parent / "tables" / f"{table}.csv").is_file(), table
     summary = (report.parent / "tables" / "summary.csv").read_text()
     assert summary.splitlines()[0].startswith("variant,repetitions") and "full" in summary

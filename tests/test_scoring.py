@@ -168,3 +168,14 @@ def test_half_precision_mc_probabilities_match_float32_on_cuda():
         half = mc_probabilities(net, batch, 3)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, atol=5e-3, rtol=0)
+
+
+def test_class_entropy_is_the_class_weighted_pixel_entropy_by_hand():
+    import torch
+
+    # one slice of 2 pixels, classes (bg, a, b): p = (0.5, 0.5, 0) and (0.2, 0.3, 0.5)
+    probs = torch.tensor([[[[0.5, 0.2]], [[0.5, 0.3]], [[0.0, 0.5]]]], dtype=torch.float64)
+    h1 = -2 * 0.5 * np.log(0.5)
+    h2 = -(0.2 * np.log(0.2) + 0.3 * np.log(0.3) + 0.5 * np.log(0.5))
+    out = reduce_deterministic(probs)["class_entropy"].numpy()
+    np.testing.assert_allclose(out, [[(h1 * 0.5 + h2 * 0.3) / 2, (h1 * 0.0 + h2 * 0.5) / 2]], rtol=1e-12)

@@ -171,6 +171,7 @@ def random_scores(n: int, seed: int) -> dict[str, np.ndarray]:
         "std": data.random(n),
         "variance": data.random(n),
         "class_uncertainty": data.random((n, 2)),
+        "class_entropy": data.random((n, 2)),
         "features": data.normal(size=(n, 8)).astype(np.float32),
         "labeled_features": data.normal(size=(5, 8)).astype(np.float32),
         "badge_embeddings": data.normal(size=(n, 12)).astype(np.float32),

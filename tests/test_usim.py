@@ -298,11 +298,14 @@ def test_usim_weights_its_query_draws_by_the_mc_variance_by_default() -> None:
 
 def test_usim_defaults_are_the_rows_of_docs_fidelity() -> None:
     """The defaults docs/fidelity.md lists for USIMC and USIMF (eta = 1 as the paper ran it, the code's Q rule,
-    variance, clipped negatives, optimizer by pool size, relative damping, FLQMI selection)."""
+    variance, clipped negatives, optimizer by pool size, relative damping, FLQMI selection, full-resolution
+    gradients, the Fisher over all query draws, USIMC's seeded random subset)."""
     from nnal.strategies import get_strategy
 
     expected = {"eta": 1.0, "query_mode": "weighted", "query_size": "elbow", "query_sensitivity": 10.0,
                 "query_floor_budgets": 5.0, "uncertainty": "variance", "embedding_dim": 10_000,
-                "optimizer": "by-pool-size", "negatives": "clipped", "epsilon": 0.01, "selection": "flqmi"}
-    assert get_strategy("usimc").defaults == expected
-    assert get_strategy("usimf").defaults == {**expected, "fisher_group": "network", "damping": 1e-6}
+                "optimizer": "by-pool-size", "negatives": "clipped", "epsilon": 0.01, "selection": "flqmi",
+                "deep_supervision": "off"}
+    assert get_strategy("usimc").defaults == {**expected, "parameter_subset": "random"}
+    assert get_strategy("usimf").defaults == {**expected, "fisher_group": "network", "damping": 1e-6,
+                                              "fisher_estimate": "all-samples"}

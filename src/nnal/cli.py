@@ -233,12 +233,14 @@ def demo(
 def report(
     dirs: Annotated[list[Path], typer.Argument(help="experiment folders, or folders holding experiments")],
     output: Annotated[Path, typer.Option(help="folder for index.html, figures/ and tables/")] = Path("report"),
+    savings_target: Annotated[float, typer.Option(help="label savings: slices to reach this fraction of the "
+                                                  "full-label reference's Dice")] = 0.95,
 ) -> None:
     """Figures, tables and a self-contained HTML page from one or more experiments."""
     from nnal.analysis.extras import build_full_report
     from nnal.analysis.verdict import report_verdict
 
-    page = build_full_report(list(dirs), output)
+    page = build_full_report(list(dirs), output, savings_fraction=savings_target)
     typer.echo(f"report: {page}")
     for line in report_verdict(page):
         typer.echo(line)
@@ -324,6 +326,30 @@ def regimes(
     typer.echo(f"curve: {output / 'curve.png'}, regimes: {output / 'regimes.json'}")
     for path in grids:
         typer.echo(f"grid: {path}  (nnal grid {path})")
+
+
+@app.command()
+def synth(
+    kind: Annotated[str, typer.Option(metavar="liver|spleen", help="liver (liver 1, lesions 2, as MSD Task03) or "
+                                      "spleen (spleen 1, as MSD Task09)")],
+    output: Annotated[Path, typer.Option(help="the dataset folder to create, named DatasetNNN_Name (new or empty), or "
+                                         "a folder to create Dataset901_SyntheticLiver or Dataset902_SyntheticSpleen "
+                                         "in")],
+    cases: Annotated[int | None, typer.Option(help="number of cases (default: MSD's, 131 liver, 41 spleen)",
+                                              show_default=False, **Int)] = None,
+    size: Annotated[int, typer.Option(help="voxels per side of a slice (size x size)", **Int)] = 512,
+    slices: Annotated[tuple[int, int], typer.Option(metavar="MIN MAX", help="slices of a case, drawn per case "
+                                                    "between MIN and MAX")] = (40, 80),
+    seed: Annotated[int, typer.Option(help="seed of every random choice: the same seed writes byte-identical "
+                                      "files", **Int)] = 0,
+) -> None:
+    """Write a synthetic CT-like nnU-Net v2 raw dataset (a stand-in for MSD Liver or Spleen; not patient data,
+    so label any result on it synthetic; see docs/synth.md)."""
+    from nnal.synth import synthesize
+
+    folder = synthesize(kind=kind, output=output, cases=cases, size=size, slices=slices, seed=seed,
+                        emit=lambda line: typer.echo(line, err=True))
+    typer.echo(f"synthetic dataset: {folder} (not patient data: label results on it as synthetic)")
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks.")

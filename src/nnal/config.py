@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnal.errors import ConfigError
-from nnal.strategies import get_strategy
+from nnal.strategies import REGISTRY, get_strategy
 
 # A schedule preset fixes how long nnU-Net trains; everything else keeps the paper's defaults.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -76,6 +76,9 @@ class Config(BaseModel):
     epochs_initial: OptionalPositiveInt = None
     epochs_per_round: OptionalPositiveInt = None
     full_epochs: OptionalPositiveInt = None  # the full-label reference's own schedule (strategy full), from scratch
+    # fine-tuning: reinit the segmentation heads as nnU-Net's pretrained-weights loader does (the paper's code), or
+    # keep the previous round's (nnal's earlier choice); docs/fidelity.md
+    finetune_heads: Literal["reinit", "keep"] = "reinit"
     initial_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     augmentation: bool | None = None  # None: from the preset; False uses nnU-Net's nnUNetTrainerNoDA
     # model and scoring. Dropout as the paper's code ran it (docs/fidelity.md): element-wise nn.Dropout after every
@@ -108,6 +111,10 @@ class Config(BaseModel):
                              "choose a selection strategy")
         if self.oracle == "human" and self.redundancy is not None:
             raise ValueError("redundancy: the duplicated-case scenario is a simulation; use oracle: simulated")
+        reads_labels = self.strategy in REGISTRY and REGISTRY[self.strategy].reads_ground_truth  # unknown: below
+        if self.oracle == "human" and reads_labels:
+            raise ValueError(f"strategy: {self.strategy} reads the labels of unlabeled slices, which a person has not "
+                             "drawn yet; it is a simulation baseline: use oracle: simulated, or another strategy")
         return self
 
     @model_validator(mode="after")
@@ -180,9 +187,14 @@ def describe_error(err: ValidationError) -> str:
 def upgrade_saved(values: dict[str, Any]) -> dict[str, Any]:
     """A ``config.yaml`` saved by an older nnal, read as what that run did. Saved configs name every field, so a
     missing one marks them: without ``dropout``, ``Dropout2d`` with one p for training and scoring; without
-    ``full_epochs``, a full-label reference trained for ``epochs_initial`` (others: the preset's, unused)."""
+    ``full_epochs``, a full-label reference trained for ``epochs_initial`` (others: the preset's, unused); without
+    ``finetune_heads``, fine-tuning that kept the heads, and BADGE(LL) on the log-likelihood."""
     if "dropout" not in values and "dropout_p" in values:
         values = {**values, "dropout": "channel", "mc_dropout_p": values["dropout_p"]}
+    if "finetune_heads" not in values and "epochs_initial" in values:  # saved before fine-tuning followed the code
+        values = {**values, "finetune_heads": "keep"}
+        if values.get("strategy") == "badge":  # and before BADGE(LL) took nnU-Net's loss
+            values["strategy_options"] = {"loss": "log-likelihood", **(values.get("strategy_options") or {})}
     if "full_epochs" not in values and "epochs_initial" in values:
         preset = PRESETS.get(values.get("preset", "cpu"), PRESETS["cpu"])
         full = values["epochs_initial"] if values.get("strategy") == "full" else preset["full_epochs"]

@@ -311,10 +311,12 @@ def pool_view(config: Config, pool: SlicePool, unlabeled: np.ndarray, labeled: n
     """What round ``r``'s scoring phase sees of the pool (the loop's, and ``nnal bench scoring``'s)."""
     ids, cases = pool.ordered_by_case(unlabeled)
     _, labeled_cases = pool.ordered_by_case(labeled)
+    foreground = [f"vox_{k}" for k in range(1, pool.num_classes)]
     return PoolView(ids=ids, cases=cases, labeled_cases=labeled_cases,
                     labeled_class_voxels=pool.class_voxels(labeled)[1:], mc_passes=config.mc_passes,
                     batch_size=config.score_batch_size, seed=phase_seed(config.seed, r, "score"),
-                    budget=min(config.budget_for(r), len(ids)), on_batch=on_batch)
+                    budget=min(config.budget_for(r), len(ids)), on_batch=on_batch,
+                    class_voxels=pool.table[foreground].to_numpy()[ids], round=r, rounds=config.rounds)
 
 
 def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled: np.ndarray, labeled: np.ndarray,

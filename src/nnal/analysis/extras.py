@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from nnal.analysis.report import ReportExtras, SegmentationExample
+from nnal.analysis.savings import TARGET_FRACTION
 from nnal.experiment import ExperimentFolder
 from nnal.strategies import variant_label
 
@@ -134,9 +135,10 @@ def extras_from_experiments(folders: list[Path]) -> ReportExtras:
     return extras
 
 
-def build_full_report(dirs: list[Path], output: Path) -> Path:
+def build_full_report(dirs: list[Path], output: Path, savings_fraction: float = TARGET_FRACTION) -> Path:
     """``build_report`` with every figure the experiments allow, predictions included (``nnal report``); the
-    predictions come from the experiments the report admits (finished ones, :func:`nnal.analysis.admission.admit`)."""
+    predictions come from the experiments the report admits (finished ones, :func:`nnal.analysis.admission.admit`).
+    ``savings_fraction``: the share of the full-label Dice that label savings count slices to."""
     from nnal.analysis.admission import admit
     from nnal.analysis.report import build_report, check_output
 
@@ -144,4 +146,4 @@ def build_full_report(dirs: list[Path], output: Path) -> Path:
     check_output(output)  # before the predictions are drawn: a refusal costs no work
     admission = admit(dirs)  # every folder read and checked before anything is written (ReportError)
     folders = [exp.path for exp in admission.experiments]
-    return build_report(dirs, output, extras=extras_from_experiments(folders))
+    return build_report(dirs, output, extras=extras_from_experiments(folders), savings_fraction=savings_fraction)

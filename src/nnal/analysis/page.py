@@ -102,8 +102,12 @@ class Page:
             csv.insert(0, DRY_RUN_COLUMN, True)
         csv.to_csv(self.output / "tables" / f"{name}.csv", index=index and not self.dry_run)
         if show:
-            body = frame.to_html(index=index, border=0, na_rep="–", float_format=lambda v: f"{v:.4f}")
-            self.add(f'<div class="scroll">{body}</div>')
+            self.show(frame, index)
+
+    def show(self, frame: pd.DataFrame, index: bool = False) -> None:
+        """A table on the page only: a display form (numbers with their words) of a table written as CSV."""
+        body = frame.to_html(index=index, border=0, na_rep="–", float_format=lambda v: f"{v:.4f}")
+        self.add(f'<div class="scroll">{body}</div>')
 
     def titled_table(self, name: str, frame: pd.DataFrame, title: str, note: str = "") -> None:
         """A table under its title (HTML); one of more than LONG_TABLE rows (a row per experiment or round of a

@@ -19,6 +19,7 @@ from nnal.analysis.load import DATASET, VARIANT, Experiment, load_results
 from nnal.analysis.page import CSS, Page
 from nnal.analysis.report_sections import Section, report_sections, section_body
 from nnal.analysis.report_tables import round_runtime_table, runtime_table, settings_tables
+from nnal.analysis.savings import TARGET_FRACTION
 from nnal.analysis.style import order_strategies
 from nnal.analysis.verdict import VERDICT_FILE
 from nnal.errors import ReportError
@@ -60,6 +61,10 @@ better). <b>Final Dice</b>: the last round.</li>
 <li><b>Pairwise penalty matrix</b> (paper Fig. 2D): cell (i, j) = fraction of budget steps at which i is
 significantly better than j (paired two-sided t-test over (fold, seed), α = 0.05, Holm-corrected over the pairs
 of a step; the uncorrected matrix is collapsed below it). Φ = column mean: lower is better.</li>
+<li><b>Label savings</b>: labeled slices each variant needs to reach 95% (configurable) of the full-label
+reference's Dice, and how many fewer than random (and random-fg) on the same fold and seed; "not reached" where a
+curve never gets there. <b>Power</b>: the smallest difference in final Dice and AUBC the repetitions could detect,
+so that "no significant difference" reads as no difference or as too few repetitions.</li>
 <li><b>FG-Eff γ</b> (nnActive): how fast Dice approaches the full-label Dice as foreground voxels get annotated.</li>
 <li><b>Batch uncertainty</b> (paper Fig. 5), <b>correlation</b> (Fig. 6), <b>t-SNE</b> (Fig. 3), <b>example
 segmentations</b> (Figs. 10-12, collapsed) when their data are present. Definitions: docs/report.md.</li>
@@ -69,14 +74,16 @@ initial set, budget, redundancy, schedule), get one section each. Unfinished exp
 </ul></details>"""
 
 
-def build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None = None) -> Path:
+def build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None = None,
+                 savings_fraction: float = TARGET_FRACTION) -> Path:
     """Write figures (PNG, SVG), tables (CSV), ``verdict.txt`` (one line per section) and a self-contained
     ``output/index.html`` for the experiment folders ``dirs``; return the path of ``index.html``. Raises
-    ReportError for an unreadable folder."""
+    ReportError for an unreadable folder. ``savings_fraction``: label savings count the slices to this share of
+    the full-label Dice."""
     # nnU-Net's progress plot calls seaborn.set(font_scale=2.5), which changes matplotlib's global style for the
     # rest of a process that trained: draw with matplotlib's defaults whatever ran before
     with matplotlib.rc_context(matplotlib.rcParamsDefault):
-        return _build_report(dirs, output, extras)
+        return _build_report(dirs, output, extras, savings_fraction)
 
 
 def check_output(output: Path) -> None:
@@ -91,15 +98,18 @@ def check_output(output: Path) -> None:
         raise ReportError(f"{output}: cannot write the report, {parent} is not writable")
 
 
-def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None) -> Path:
+def _build_report(dirs: Iterable[Path | str], output: Path | str, extras: ReportExtras | None,
+                  savings_fraction: float) -> Path:
     output = Path(output)
     check_output(output)
+    if not 0.0 < savings_fraction <= 1.0:
+        raise ReportError(f"the label savings' share of the full-label Dice must lie in (0, 1], got {savings_fraction}")
     # everything that can refuse the input (ReportError) runs before the first write: a refused report leaves the
     # output folder as it was (absent, or byte-identical)
     admission = admit(dirs)
     extras = extras or ReportExtras()
     results = load_results(admission.experiments)
-    sections = report_sections(admission, results)
+    sections = report_sections(admission, results, savings_fraction)
     page = Page(output, admission.dry_run)
     _header(page, admission, sections, results)
     for section in sections:
@@ -192,10 +202,10 @@ def _header(page: Page, admission: Admission, sections: list[Section], results: 
     for note in admission.notes():
         page.add(f'<p class="skipped">{html.escape(note)}</p>')
     if len(sections) == 1:
-        page.add('<nav><a href="#summary">Summary</a><a href="#curves">Learning curves</a><a href="#differences">'
-                 'Differences</a><a href="#penalty">Penalty matrix</a><a href="#fgeff">FG-Eff</a><a href='
-                 '"#uncertainty">Uncertainty</a><a href="#examples">Examples</a><a href="#experiments">Experiments'
-                 '</a></nav>')
+        links = [("summary", "Summary"), ("curves", "Learning curves"), ("differences", "Differences"),
+                 ("savings", "Label savings"), ("penalty", "Penalty matrix"), ("power", "Power"), ("fgeff", "FG-Eff"),
+                 ("uncertainty", "Uncertainty"), ("examples", "Examples"), ("experiments", "Experiments")]
+        page.add("<nav>" + "".join(f'<a href="#{key}">{text}</a>' for key, text in links) + "</nav>")
     else:
         page.add("<nav>" + "".join(f'<a href="#summary{d.suffix}">{html.escape(d.name)}</a>' for d in sections)
                  + '<a href="#slices">Per-slice analyses</a><a href="#examples">Examples</a><a href="#experiments">'

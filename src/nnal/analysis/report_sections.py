@@ -1,5 +1,6 @@
 """One section of the report (one dataset and protocol): its statistics, computed before the first write, and its
-parts of the page: verdict and summary, learning curves, paired differences, penalty matrices, FG-Eff, uncertainty."""
+parts of the page: verdict and summary, learning curves, paired differences, label savings, penalty matrices, power,
+FG-Eff, uncertainty."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from nnal.analysis.page import Page
 from nnal.analysis.pairwise import PairedDifferences, PenaltyMatrix, paired_differences, penalty_matrix
 from nnal.analysis.protocol import slug
 from nnal.analysis.redundancy import redundancy_shares
+from nnal.analysis.report_evidence import power_part, savings_part
 from nnal.analysis.report_tables import final_table, round_table, summary_table
+from nnal.analysis.savings import TARGET_FRACTION, LabelSavings, label_savings
 from nnal.analysis.stats import FgEfficiency, fg_efficiency, reference_mismatch
 from nnal.analysis.verdict import DIFFERENCE, Verdict, verdict
 
@@ -40,6 +43,7 @@ class Section:
     batches: pd.DataFrame
     queries: pd.DataFrame
     shares: pd.DataFrame
+    savings: LabelSavings
 
     @property
     def al(self) -> pd.DataFrame:
@@ -59,9 +63,10 @@ class Section:
         return text
 
 
-def report_sections(admission: Admission, results: pd.DataFrame) -> list[Section]:
+def report_sections(admission: Admission, results: pd.DataFrame,
+                    savings_fraction: float = TARGET_FRACTION) -> list[Section]:
     """The admitted experiments by section (dataset and protocol), each with its statistics; suffixes only for
-    several."""
+    several. ``savings_fraction``: the share of the full-label Dice that label savings count slices to."""
     out, used = [], set()
     for section in admission.sections:
         suffix = ""
@@ -74,7 +79,8 @@ def report_sections(admission: Admission, results: pd.DataFrame) -> list[Section
         res = results[results["experiment"].isin({e.name for e in exps})].reset_index(drop=True)
         out.append(Section(section.name, section.tag, suffix, exps, res, penalty_matrix(res),
                            penalty_matrix(res, correction="holm"), verdict(res), paired_differences(res),
-                           fg_efficiency(res), batch_uncertainty(exps), query_sets(exps), redundancy_shares(exps)))
+                           fg_efficiency(res), batch_uncertainty(exps), query_sets(exps), redundancy_shares(exps),
+                           label_savings(res, savings_fraction)))
     return out
 
 
@@ -100,7 +106,9 @@ def section_body(page: Page, d: Section) -> None:
     _summary(page, d)
     _curves(page, d)
     _differences(page, d)
+    savings_part(page, d.savings, d.title(f"Label savings ({d.savings.fraction:.0%} of full-label Dice)"), d.suffix)
     _penalty(page, d)
+    power_part(page, d.verdict.power, d.title("What the tests could detect (power)"), d.suffix)
     _fg_efficiency(page, d)
     _uncertainty(page, d)
 

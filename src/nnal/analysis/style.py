@@ -9,7 +9,9 @@ from matplotlib import colormaps
 from nnal.analysis.load import FULL
 
 # the paper's strategy order; unknown names follow alphabetically
-KNOWN_ORDER = ["random", "entropy", "meanstd", "bald", "coreset", "badge", "stochastic-batches", "usimc", "usimf"]
+# the newer baselines last: the colours of the paper's nine stay as committed reports drew them
+KNOWN_ORDER = ["random", "entropy", "meanstd", "bald", "coreset", "badge", "stochastic-batches", "usimc", "usimf",
+               "random-fg", "clasp-pe"]
 _PALETTE = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#d62728", "#17becf",
             "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 

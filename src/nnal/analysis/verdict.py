@@ -16,6 +16,7 @@ import pandas as pd
 
 from nnal.analysis.load import VARIANT
 from nnal.analysis.pairwise import PairTests, al_curves, pair_tests
+from nnal.analysis.power import POWER_COLUMNS, power_sentence, power_table
 
 ALPHA = 0.05
 VERDICT_FILE = "verdict.txt"  # one line per section, next to the report's index.html
@@ -33,7 +34,8 @@ FINAL_COLUMNS = ["better", "worse", "n", "difference", "p", "p_holm", "significa
 class Verdict:
     """``kind``: one of the constants above. ``headline``: one sentence, plain text. ``details``: further
     sentences (pairs that pass only uncorrected, wins over the rounds). ``final``: the tests at the last round,
-    one row per tested pair oriented so that ``better`` has the larger mean (``difference`` >= 0)."""
+    one row per tested pair oriented so that ``better`` has the larger mean (``difference`` >= 0). ``power``: the
+    detectable differences of :func:`nnal.analysis.power.power_table` (final Dice and AUBC)."""
 
     kind: str
     headline: str
@@ -41,6 +43,7 @@ class Verdict:
     final: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FINAL_COLUMNS))
     step: int | None = None
     alpha: float = ALPHA
+    power: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=POWER_COLUMNS))
 
     @property
     def text(self) -> str:
@@ -131,6 +134,18 @@ def _over_rounds(found: PairTests, alpha: float) -> str:
     return f"Over the {_plural(steps, 'AL round')} (Holm): {_listed(pairs)}."
 
 
+def _power(final: pd.DataFrame, power: pd.DataFrame, alpha: float) -> str:
+    """Whether the pairs not found different mean "no difference" or "too few repetitions": their detectable
+    difference in final Dice (:func:`nnal.analysis.power.power_sentence`)."""
+    quiet = {frozenset(pair) for pair in final.loc[~final["significant"], ["better", "worse"]].itertuples(index=False)}
+    dice = power[power["metric"] == "final Dice"]
+    rows = dice[[frozenset(pair) in quiet for pair in dice[["a", "b"]].itertuples(index=False)]]
+    if rows.empty:
+        return ""
+    lead = "That" if len(rows) == len(final) else f"For the {_plural(len(rows), 'pair')} not found different, that"
+    return power_sentence(rows, alpha=alpha, lead=lead)
+
+
 def verdict(results: pd.DataFrame, alpha: float = ALPHA, label: str = "mean") -> Verdict:
     """Which variants differ in the final Dice of ``label`` (one dataset and protocol; references left out).
 
@@ -152,11 +167,13 @@ def verdict(results: pd.DataFrame, alpha: float = ALPHA, label: str = "mean") ->
     final = _oriented(at_last, alpha)
     kind, headline = _headline(final, alpha)
     untested = len(variants) * (len(variants) - 1) // 2 - len(final)
-    details = [d for d in (_uncorrected_only(final, alpha), _over_rounds(found, alpha)) if d]
+    power = power_table(results, alpha=alpha, label=label)
+    details = [d for d in (_power(final, power, alpha), _uncorrected_only(final, alpha), _over_rounds(found, alpha))
+               if d]
     if untested:
         details.append(f"{_plural(untested, 'pair')} could not be tested (fewer than 2 repetitions with the same "
                        "fold and seed).")
-    return Verdict(kind, headline, details, final, step, alpha)
+    return Verdict(kind, headline, details, final, step, alpha, power)
 
 
 def verdict_lines(dirs: Iterable[Path | str]) -> list[str]:

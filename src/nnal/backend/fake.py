@@ -21,7 +21,8 @@ import numpy as np
 from nnal.dataset import RawDataset
 
 CaseSlices = list[tuple[str, np.ndarray]]
-GROUPS = ("bottleneck", "last-decoder-conv", "decoder", "network")
+GROUPS = ("bottleneck", "last-decoder-conv", "decoder-convs", "decoder", "network")
+LOSSES = ("log-likelihood", "log-likelihood-deep-supervision", "nnunet")  # nnal.backend.gradients.LOSSES
 
 
 class FakeBackend:
@@ -156,6 +157,7 @@ class FakeModel:
             ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
             values = {
                 "entropy": ent.mean(),
+                "class_entropy": (ent[..., None] * p[..., 1:]).reshape(-1, len(self.prototypes) - 1).mean(0),
                 "bald": (-(mean * np.log(np.clip(mean, 1e-12, None))).sum(-1)
                          + (mc * np.log(np.clip(mc, 1e-12, None))).sum(-1).mean(0)).mean(),
                 "std": mc.std(0).mean(), "variance": mc.var(0).mean(),
@@ -174,24 +176,30 @@ class FakeModel:
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
     def parameter_count(self, group: str) -> int:
-        return {"bottleneck": 8, "last-decoder-conv": 12, "decoder": 16, "network": 24}[group]
+        return {"bottleneck": 8, "last-decoder-conv": 12, "decoder-convs": 14, "decoder": 16, "network": 24}[group]
 
     def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
-                            on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+                            loss: str = "log-likelihood", on_batch: Callable[[int], None] | None = None
+                            ) -> np.ndarray:
+        """Slice statistics spread over the group's "parameters"; each objective (``LOSSES``) its own phase, so
+        that an option choosing the loss changes the embeddings, as it does on the real backend."""
         self.backend.calls.append("gradients")
         n = self.parameter_count(group)
+        phase = 1.0 + LOSSES.index(loss)
         rows = []
         for image in self._slices(cases):
             p = self.probabilities(image).reshape(-1, len(self.prototypes))
             stats = np.concatenate([p.mean(0), (p ** 2).mean(0), [image.mean() / (abs(image).mean() + 1e-9)]])
-            rows.append(np.resize(stats, n) * np.cos(np.arange(n)))
+            rows.append(np.resize(stats, n) * np.cos(phase * np.arange(n)))
         g = np.asarray(rows, dtype=np.float32)
         if on_batch is not None:
             on_batch(len(g))
         return g if index is None else g[:, np.asarray(index)]
 
-    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int) -> np.ndarray:
-        g = self.gradient_embeddings(cases, group=group, index=None, batch_size=batch_size).astype(np.float64)
+    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int,
+               loss: str = "log-likelihood") -> np.ndarray:
+        g = self.gradient_embeddings(cases, group=group, index=None, batch_size=batch_size,
+                                     loss=loss).astype(np.float64)
         w = np.asarray(counts, dtype=np.float64)
         return (g ** 2 * w[:, None]).sum(0) / w.sum()
 

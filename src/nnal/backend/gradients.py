@@ -1,8 +1,19 @@
 """Gradient embeddings under pseudo labels: per-sample (one batched backward), BADGE's closed form.
 
-The per-sample loss is the mean over a slice's valid pixels of ``log p(y_hat | x)``, ``y_hat`` the argmax of the
-dropout-free prediction (the paper's ``log p_theta(y_bar | x)``; the mean instead of the sum keeps slices of
-different sizes comparable and cancels in cosine and Fisher-kernel similarities).
+A slice's embedding is the gradient of one per-slice objective (``LOSSES``), under pseudo labels ``y_hat``, the
+argmax of the dropout-free prediction:
+
+- ``log-likelihood``: the mean over the slice's valid pixels of ``log p(y_hat | x)`` at full resolution (the
+  paper's ``log p_theta(y_bar | x)``; the mean instead of the sum keeps slices of different sizes comparable and
+  cancels in cosine and Fisher-kernel similarities);
+- ``log-likelihood-deep-supervision``: that mean at every deep-supervision output, each under its own argmax,
+  summed without weights: the paper code's Fisher loss (ALUNET ``UNetPatch.loss_fisher`` with ``idx_output=None``);
+- ``nnunet``: nnU-Net's training loss, cross-entropy plus soft Dice summed over the deep-supervision outputs with
+  nnU-Net's weights, each output under its own argmax: the paper code's BADGE(LL) loss. The code ran it on one
+  slice at a time, so nnU-Net's batch Dice was the slice's own Dice: that is the per-slice Dice here.
+
+Padding pixels (outside the valid mask) count in no objective: at a lower deep-supervision output the mask is
+downsampled the way nnU-Net downsamples its targets (nearest-exact), as nnU-Net sends its ignore label there.
 """
 
 from __future__ import annotations
@@ -14,18 +25,25 @@ import torch
 
 from nnal.backend.inference import set_dropout
 
-PARAMETER_GROUPS = ("bottleneck", "last-decoder-conv", "decoder", "network")
+PARAMETER_GROUPS = ("bottleneck", "last-decoder-conv", "decoder-convs", "decoder", "network")
+LOSSES = ("log-likelihood", "log-likelihood-deep-supervision", "nnunet")
+DICE_SMOOTH = 1e-5  # nnU-Net's soft Dice (nnUNetTrainer._build_loss)
 
 
 def parameter_names(net: torch.nn.Module, group: str) -> list[str]:
     """Trainable parameter names of a group: the bottleneck's last convolution (weight), the decoder's last 3x3
-    convolution (weight and bias: BADGE(LL)'s layer in the paper's code), the decoder, or all."""
+    convolution (weight and bias: BADGE(LL)'s layer in the paper's code), the decoder's 3x3 convolutions (weights
+    and biases: USIMF's ``layer_used='decoder'`` in the paper's code), the decoder, or all."""
     if group == "bottleneck":
         convs = [n for n, m in net.encoder.stages[-1].named_modules() if isinstance(m, torch.nn.Conv2d)]
         return [f"encoder.stages.{len(net.encoder.stages) - 1}.{convs[-1]}.weight"]
     if group == "last-decoder-conv":
         # found by identity: nnU-Net registers the same conv twice (``.conv`` and ``.all_modules.0``)
         own = {id(p) for p in net.decoder.stages[-1].convs[-1].conv.parameters() if p.requires_grad}
+        return [n for n, p in net.named_parameters() if id(p) in own]
+    if group == "decoder-convs":  # by identity, like the last conv: not the transposed convs, norms or heads
+        own = {id(p) for stage in net.decoder.stages for block in stage.convs
+               for p in block.conv.parameters() if p.requires_grad}
         return [n for n, p in net.named_parameters() if id(p) in own]
     if group == "decoder":
         return [n for n, p in net.named_parameters() if n.startswith("decoder.") and p.requires_grad]
@@ -46,17 +64,102 @@ def pseudo_labels(net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return net(batch).argmax(1)
 
 
+# --- the per-slice objectives ---------------------------------------------------------------------------------
+
+
+def check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    return loss
+
+
+def network_outputs(net: torch.nn.Module, batch: torch.Tensor, deep_supervision: bool) -> list[torch.Tensor]:
+    """The network's logits, full resolution first; with ``deep_supervision`` every decoder stage's output.
+
+    nnal builds its scoring network without deep supervision; the heads of the lower outputs are there all the
+    same (nnU-Net trains them), so the flag is switched on for this one forward only.
+    """
+    decoder = net.decoder
+    before = decoder.deep_supervision
+    decoder.deep_supervision = deep_supervision
+    try:
+        out = net(batch)
+    finally:
+        decoder.deep_supervision = before
+    return [o.float() for o in out] if isinstance(out, list | tuple) else [out.float()]
+
+
+def per_slice_objective(outputs: Sequence[torch.Tensor], mask: torch.Tensor, loss: str) -> torch.Tensor:
+    """``(B,)`` the objective ``loss`` (see ``LOSSES``) of each slice; slices never mix, so the gradient of the
+    sum w.r.t. a layer's output holds each slice's own gradient."""
+    check_loss(loss)
+    if loss == "log-likelihood":
+        return mean_log_likelihood(outputs[0], mask)
+    if loss == "log-likelihood-deep-supervision":  # the paper code's Fisher loss: every output, weight 1
+        return sum(mean_log_likelihood(out, mask_at(mask, out.shape[-2:])) for out in outputs)
+    weights = deep_supervision_weights(len(outputs))
+    return sum(w * nnunet_slice_loss(out, mask_at(mask, out.shape[-2:]))
+               for w, out in zip(weights, outputs, strict=True) if w != 0)
+
+
+def mean_log_likelihood(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` mean over the valid pixels of ``log p(argmax | x)``, the argmax of these logits."""
+    labels = logits.detach().argmax(1)
+    logp = logits.log_softmax(1).gather(1, labels[:, None]).squeeze(1)
+    m = mask.to(logp.dtype)
+    return (logp * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)
+
+
+def mask_at(mask: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The valid mask at a deep-supervision output's resolution, nearest-exact as nnU-Net downsamples targets
+    (``DownsampleSegForDSTransform``)."""
+    if tuple(mask.shape[-2:]) == tuple(shape):
+        return mask
+    scaled = torch.nn.functional.interpolate(mask[:, None].float(), size=tuple(shape), mode="nearest-exact")
+    return scaled[:, 0] > 0.5
+
+
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """nnU-Net's weights of its deep-supervision outputs (``nnUNetTrainer._build_loss``): 1/2^i, the lowest
+    output 0, normalised to sum 1 (one output: weight 1)."""
+    if n_outputs == 1:
+        return [1.0]
+    weights = [1.0 / 2**i for i in range(n_outputs)]
+    weights[-1] = 0.0
+    return [w / sum(weights) for w in weights]
+
+
+def nnunet_slice_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` nnU-Net's ``DC_and_CE_loss`` (``MemoryEfficientSoftDiceLoss``, no background, smooth 1e-5) of
+    each slice alone under the argmax of these logits, pixels outside ``mask`` ignored as nnU-Net ignores its
+    ignore label: cross-entropy averaged over the valid pixels minus the mean foreground soft Dice."""
+    labels = logits.detach().argmax(1)
+    m = mask.to(logits.dtype)
+    n_valid = m.sum((-2, -1))
+    nll = -logits.log_softmax(1).gather(1, labels[:, None]).squeeze(1)
+    # nnU-Net skips the cross-entropy when no pixel is valid; the clamp gives the same 0
+    ce = (nll * m).sum((-2, -1)) / n_valid.clamp_min(1)
+    probs = logits.softmax(1)[:, 1:] * m[:, None]
+    onehot = torch.nn.functional.one_hot(labels, logits.shape[1]).movedim(-1, 1)[:, 1:].to(logits.dtype) * m[:, None]
+    intersect = (probs * onehot).sum((-2, -1))
+    dice = (2 * intersect + DICE_SMOOTH) / (onehot.sum((-2, -1)) + probs.sum((-2, -1)) + DICE_SMOOTH).clamp_min(1e-8)
+    return ce - dice.mean(1)
+
+
+# --- per-sample gradients -------------------------------------------------------------------------------------
+
+
 def per_sample_gradients(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str],
-                         index: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B, d)`` gradients of each slice's mean log-likelihood w.r.t. the named parameters (flattened, in
-    ``names`` order), restricted to ``index`` (sorted positions in that flattening) when given.
+                         index: torch.Tensor | None = None, loss: str = "log-likelihood") -> torch.Tensor:
+    """``(B, d)`` gradients of each slice's objective ``loss`` (``LOSSES``) w.r.t. the named parameters
+    (flattened, in ``names`` order), restricted to ``index`` (sorted positions in that flattening) when given.
 
     One batched forward and backward of the summed per-slice losses: slices do not interact in nnU-Net's
     networks (instance norm, no batch statistics), so each slice's share of a layer's gradient follows from
     that layer's input and output gradient (the per-sample trick of Goodfellow 2015 / Opacus), for
     Conv2d, ConvTranspose2d (kernel = stride) and affine InstanceNorm2d.
     """
-    owners, captured = _layer_signals(net, batch, mask, names)
+    owners, captured = _layer_signals(net, batch, mask, names, loss)
     wanted = None if index is None else index.to("cpu").numpy()
     parts, offset = [], 0
     for name in names:
@@ -83,9 +186,10 @@ def per_sample_gradients(net: torch.nn.Module, batch: torch.Tensor, mask: torch.
     return torch.cat(parts, dim=1)
 
 
-def _layer_signals(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str]
+def _layer_signals(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str], loss: str
                    ) -> tuple[dict[str, tuple[torch.nn.Module, str]], dict[torch.nn.Module, list]]:
     """One batched forward and backward: each owning layer's input and output gradient, ``{module: [a, g]}``."""
+    check_loss(loss)
     net.eval()
     owners = _owners(net, names)
     captured: dict[torch.nn.Module, list] = {m: [None, None] for m in {m for m, _ in owners.values()}}
@@ -102,11 +206,9 @@ def _layer_signals(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor
         module.inplace = False
     try:
         with torch.enable_grad():
-            logits = net(batch).float()
-            labels = logits.detach().argmax(1)  # the pseudo label of the same (dropout-free) pass
-            logp = logits.log_softmax(1).gather(1, labels[:, None]).squeeze(1)
-            m = mask.to(logp.dtype)
-            total = ((logp * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)).sum()
+            # pseudo labels: the argmax of the same (dropout-free) pass, per output
+            logits = network_outputs(net, batch, deep_supervision=loss != "log-likelihood")
+            total = per_slice_objective(logits, mask, loss).sum()
             # differentiated w.r.t. the layers' outputs, not their parameters: the per-sample gradients below need
             # only these, and nothing upstream of the first requested layer runs (no encoder pass for "decoder")
             layers = list(outputs)
@@ -122,10 +224,10 @@ def _layer_signals(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor
 
 
 def per_sample_square_sums(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str],
-                           weights: torch.Tensor) -> torch.Tensor:
-    """``(d,)`` float64 ``sum_b weights[b] * g_b^2`` of the per-sample gradients, layer by layer: the ``(B, d)``
-    matrix is never built (at 1.9M parameters and 128 slices it is 1 GB in float32)."""
-    owners, captured = _layer_signals(net, batch, mask, names)
+                           weights: torch.Tensor, loss: str = "log-likelihood") -> torch.Tensor:
+    """``(d,)`` float64 ``sum_b weights[b] * g_b^2`` of the per-sample gradients of ``loss``, layer by layer: the
+    ``(B, d)`` matrix is never built (at 1.9M parameters and 128 slices it is 1 GB in float32)."""
+    owners, captured = _layer_signals(net, batch, mask, names, loss)
     w = weights.to(device=batch.device, dtype=torch.float64)
     parts = []
     for name in names:
@@ -235,7 +337,7 @@ def _conv_weight_columns(module: torch.nn.Conv2d, a: torch.Tensor, g: torch.Tens
 
 def per_sample_gradients_loop(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, names: Sequence[str]
                               ) -> torch.Tensor:
-    """Reference: the same gradients with one autograd backward per slice (tests and benchmarks only)."""
+    """Reference: the log-likelihood's gradients with one autograd backward per slice (tests and benchmarks)."""
     net.eval()
     labels = pseudo_labels(net, batch)
     params = dict(net.named_parameters())

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nnal.backend import gradients, inference, scoring
+from nnal.backend.planning import CONFIGURATION
 
 CaseSlices = list[tuple[str, np.ndarray]]
 
@@ -36,21 +37,45 @@ class Model:
 
     def parameter_count(self, group: str) -> int:
         """Trainable parameters of a group: ``bottleneck`` (its last convolution), ``last-decoder-conv`` (the
-        decoder's last 3x3 convolution), ``decoder`` or ``network``."""
+        decoder's last 3x3 convolution), ``decoder-convs`` (the decoder's 3x3 convolutions), ``decoder`` or
+        ``network``."""
         return gradients.parameter_count(self.network, gradients.parameter_names(self.network, group))
 
     def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
-                            on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Per-slice gradients of the pseudo-label log-likelihood w.r.t. a parameter group, ``index`` entries."""
+                            loss: str = "log-likelihood", on_batch: Callable[[int], None] | None = None
+                            ) -> np.ndarray:
+        """Per-slice gradients of a pseudo-label objective (``gradients.LOSSES``) w.r.t. a parameter group,
+        ``index`` entries (all when None), float32 ``(N, d)`` in the order of ``cases`` then slices."""
+        gradients.check_loss(loss)
         names = gradients.parameter_names(self.network, group)
-        return scoring.gradient_embeddings(self.network, self.plans, self.folder, cases, names, index, batch_size,
-                                           self.device, on_batch)
+        idx = None if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long, device=self.device)
+        rows = []
+        for batch, mask in self._batches(cases, batch_size):
+            rows.append(gradients.per_sample_gradients(self.network, batch.to(self.device), mask.to(self.device),
+                                                       names, idx, loss).cpu())
+            if on_batch is not None:
+                on_batch(len(batch))
+        return torch.cat(rows).numpy()
 
-    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int) -> np.ndarray:
-        """Diagonal empirical Fisher of a parameter group over slices drawn ``counts`` times each."""
+    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int,
+               loss: str = "log-likelihood") -> np.ndarray:
+        """Diagonal empirical Fisher ``sum_i n_i g_i^2 / sum_i n_i`` of a parameter group over slices drawn
+        ``counts`` times each, accumulated batch by batch: the per-sample gradients are never all held."""
+        gradients.check_loss(loss)
         names = gradients.parameter_names(self.network, group)
-        return scoring.fisher_diagonal(self.network, self.plans, self.folder, cases, counts, names, batch_size,
-                                       self.device)
+        weights = torch.as_tensor(np.asarray(counts, dtype=np.float64))
+        total, start = None, 0
+        for batch, mask in self._batches(cases, batch_size):
+            part = gradients.per_sample_square_sums(self.network, batch.to(self.device), mask.to(self.device), names,
+                                                    weights[start:start + len(batch)], loss)
+            total = part if total is None else total + part
+            start += len(batch)
+        return (total / weights.sum()).cpu().numpy()
+
+    def _batches(self, cases: CaseSlices, batch_size: int):
+        """The slices zero-padded (centred) into batches, with their valid masks (``scoring.pooled_batches``)."""
+        patch = tuple(self.plans["configurations"][CONFIGURATION]["patch_size"])
+        return scoring.pooled_batches(self.folder, cases, batch_size, patch, inference.total_stride(self.plans))
 
     def predict_slices(self, case: str, slices: np.ndarray, batch_size: int = 128
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnal.backend.gradients import head_gradient_embeddings, per_sample_gradients, per_sample_square_sums
+from nnal.backend.gradients import head_gradient_embeddings
 from nnal.backend.inference import (
     centred_window,
     load_volume,
@@ -24,7 +24,7 @@ from nnal.backend.inference import (
 from nnal.backend.planning import CONFIGURATION
 
 MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty", "class_variance"})
-DETERMINISTIC_KEYS = frozenset({"entropy", "features", "pooled_features", "head_embeddings"})
+DETERMINISTIC_KEYS = frozenset({"entropy", "class_entropy", "features", "pooled_features", "head_embeddings"})
 KNOWN_KEYS = MC_KEYS | DETERMINISTIC_KEYS
 FEATURE_DIM = 10_000  # Core-Set's flattened bottleneck: longer vectors are randomly projected to this many dims
 # one fixed seed for the projection, so the pool and the labeled set (two passes of a round, and every round)
@@ -48,8 +48,10 @@ def _pixel_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def reduce_deterministic(probs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-slice scores from one dropout-free pass, ``probs`` of shape ``(B, C, H, W)``."""
-    return {"entropy": _pixel_mean(entropy(probs), mask)}
+    """Per-slice scores from one dropout-free pass, ``probs`` of shape ``(B, C, H, W)``: the mean pixel entropy, and
+    per foreground class the mean of H(p_i) p_{i,c} (ClaSP PE's class-weighted predictive entropy)."""
+    pixel = entropy(probs)
+    return {"entropy": _pixel_mean(pixel, mask), "class_entropy": _pixel_mean(pixel[:, None] * probs[:, 1:], mask)}
 
 
 def reduce_mc(probs: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -243,32 +245,3 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
         set_dropout(net, False)
         use_packed_dropout(net, False)
     return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
-
-
-def gradient_embeddings(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
-                        names: list[str], index: np.ndarray | None, batch_size: int, device: torch.device,
-                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """Per-slice gradient embeddings ``(N, d)`` (pseudo-label log-likelihood, named parameters, ``index`` subset)."""
-    patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
-    idx = None if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long, device=device)
-    rows = []
-    for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
-        rows.append(per_sample_gradients(net, batch.to(device), mask.to(device), names, idx).cpu())
-        if on_batch is not None:
-            on_batch(len(batch))
-    return torch.cat(rows).numpy()
-
-
-def fisher_diagonal(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
-                    weights: np.ndarray, names: list[str], batch_size: int, device: torch.device) -> np.ndarray:
-    """Diagonal empirical Fisher ``sum_i w_i g_i^2 / sum_i w_i`` over the given slices (``weights``: how often
-    each slice was drawn into the query set), accumulated batch by batch: per-sample gradients are never all held."""
-    patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
-    w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
-    total = None
-    start = 0
-    for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
-        part = per_sample_square_sums(net, batch.to(device), mask.to(device), names, w[start:start + len(batch)])
-        total = part if total is None else total + part
-        start += len(batch)
-    return (total / w.sum()).cpu().numpy()

@@ -93,7 +93,7 @@ class Backend:
                                      config.initial_lr, config.augmentation)
         with nnunet_environment(self.root, self.num_processes):
             return training.train(self.plans, self.dataset_json, fold, labeled, schedule, init_weights, log_dir,
-                                  self.device, seed, on_step)
+                                  self.device, seed, on_step, finetune_heads=config.finetune_heads)
 
     def network(self, weights: Mapping[str, torch.Tensor] | None) -> torch.nn.Module:
         return inference.build_network(self.plans, self.dataset_json, weights, self.device)

@@ -78,19 +78,47 @@ class NnalTrainerNoDA(NnalTrainer, nnUNetTrainerNoDA):
     """The same, on nnU-Net's no-augmentation variant: learns in far fewer iterations on a small CPU."""
 
 
+FINETUNE_HEADS = ("reinit", "keep")
+HEAD_KEY = ".seg_layers."  # what nnU-Net's load_pretrained_weights leaves out: every segmentation head
+
+
 def train(plans: dict, dataset_json: dict, fold: int, labeled: Mapping[str, np.ndarray], schedule: Schedule,
           init_weights: Mapping[str, torch.Tensor] | None, log_dir: Path, device: torch.device, seed: int,
-          on_step: Callable[[float], None] | None = None) -> dict[str, torch.Tensor]:
-    """Train (or fine-tune from ``init_weights``) on the labeled slices; return the network's state dict."""
+          on_step: Callable[[float], None] | None = None, finetune_heads: str = "reinit") -> dict[str, torch.Tensor]:
+    """Train (or fine-tune from ``init_weights``) on the labeled slices; return the network's state dict.
+
+    ``finetune_heads``: ``reinit`` loads ``init_weights`` as nnU-Net's pretrained-weights loader does (what the
+    paper's code ran), the segmentation heads staying at nnU-Net's fresh (seeded) initialisation; ``keep`` loads
+    every weight, heads included.
+    """
+    if finetune_heads not in FINETUNE_HEADS:
+        raise ValueError(f"finetune_heads must be one of {FINETUNE_HEADS}, got {finetune_heads!r}")
     seed_everything(seed)
     log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()) as captured:
         trainer = make_trainer(plans, dataset_json, fold, labeled, schedule, log_dir, device, seed, on_step)
         if init_weights is not None:
-            trainer.network.load_state_dict(init_weights)
+            load_round_weights(trainer.network, init_weights, finetune_heads)
         trainer.run_training()
     (log_dir / "stdout.txt").write_text(captured.getvalue())
     return {k: v.detach().cpu().clone() for k, v in trainer.network.state_dict().items()}
+
+
+def load_round_weights(network: torch.nn.Module, weights: Mapping[str, torch.Tensor], heads: str) -> None:
+    """The previous round's ``weights`` into a freshly initialised ``network``: all of them (``keep``), or all but
+    the segmentation heads (``reinit``), with the checks of nnU-Net's ``load_pretrained_weights``: every other
+    key present with its shape."""
+    if heads == "keep":
+        network.load_state_dict(weights)
+        return
+    own = network.state_dict()
+    for key, value in own.items():
+        if HEAD_KEY in key:
+            continue
+        if key not in weights or tuple(weights[key].shape) != tuple(value.shape):
+            raise ValueError(f"{key}: missing from the previous round's weights or of another shape")
+    own.update({k: v for k, v in weights.items() if k in own and HEAD_KEY not in k})
+    network.load_state_dict(own)
 
 
 def make_trainer(plans: dict, dataset_json: dict, fold: int, labeled: Mapping[str, np.ndarray], schedule: Schedule,

@@ -1,6 +1,7 @@
 """Selection strategies: pure numpy functions over per-slice score arrays, declared with their options."""
 
-from nnal.strategies import diversity, uncertainty, usim  # noqa: F401  (importing registers the strategies)
+# importing the modules registers their strategies
+from nnal.strategies import baselines, clasp, diversity, uncertainty, usim  # noqa: F401
 from nnal.strategies.base import (
     MODEL_SCORE_KEYS,
     REGISTRY,

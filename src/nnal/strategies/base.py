@@ -9,6 +9,7 @@ The scoring phase fills ``scores`` in two steps:
 1. the model's one batched pass over the unlabeled pool gives the keys in ``needs`` (see ``MODEL_SCORE_KEYS``):
 
    - ``entropy``        (N,)   mean pixel entropy of the softmax, dropout off
+   - ``class_entropy``  (N, C) per foreground class c, the mean of H(p_i) p_{i,c}, dropout off (ClaSP PE)
    - ``bald``           (N,)   mean pixel mutual information over T MC-dropout passes
    - ``std``            (N,)   mean over classes and pixels of the std across MC passes
    - ``variance``       (N,)   same with the variance (the paper's code behaviour)
@@ -47,8 +48,8 @@ SelectFn = Callable[..., np.ndarray]
 PrepareFn = Callable[..., dict[str, np.ndarray]]
 CaseSlices = list[tuple[str, np.ndarray]]
 
-MODEL_SCORE_KEYS = frozenset({"entropy", "bald", "std", "variance", "class_uncertainty", "class_variance",
-                              "features", "pooled_features", "head_embeddings"})
+MODEL_SCORE_KEYS = frozenset({"entropy", "class_entropy", "bald", "std", "variance", "class_uncertainty",
+                              "class_variance", "features", "pooled_features", "head_embeddings"})
 _POSITIONAL = {"select": ("scores", "budget", "rng"), "prepare": ("model", "pool", "scores", "rng")}
 
 
@@ -61,9 +62,11 @@ class ModelLike(Protocol):
     def parameter_count(self, group: str) -> int: ...
 
     def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
-                            on_batch: Callable[[int], None] | None = None) -> np.ndarray: ...
+                            loss: str = "log-likelihood", on_batch: Callable[[int], None] | None = None
+                            ) -> np.ndarray: ...
 
-    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int) -> np.ndarray: ...
+    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int,
+               loss: str = "log-likelihood") -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,11 @@ class PoolView:
     seed: int  # the scoring phase's seed: MC-dropout masks and the prepare step's Generator
     budget: int  # slices this round selects
     on_batch: Callable[[int], None] | None = None
+    # (N, C) voxels per foreground class of each unlabeled slice, aligned with ``ids``: the oracle's ground truth,
+    # known only in simulation (annotation mode has zeros here), read only by strategies with reads_ground_truth
+    class_voxels: np.ndarray | None = None
+    round: int = 0  # the round this scoring phase belongs to (1 = the first selection after round 0)
+    rounds: int = 0  # rounds of the experiment (config.rounds): schedules over the rounds read it
 
     def cases_of(self, positions: np.ndarray) -> CaseSlices:
         """The ``[(case, slices)]`` list of the pool positions ``positions`` (sorted, unique)."""
@@ -132,6 +140,11 @@ class Strategy:
     score_key: str | None = None  # the score recorded next to each selected id
     help: str = ""
     option_needs: Callable[..., tuple[str, ...]] | None = None  # extra model keys some option values read
+    # refuses option values that make no sense together (ConfigError); called with every option, defaults filled in
+    check_together: Callable[[Mapping[str, Any]], None] | None = None
+    # reads the oracle's labels of unlabeled slices (PoolView.class_voxels): a simulation baseline, refused when a
+    # person is the oracle
+    reads_ground_truth: bool = False
     _routes: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -162,7 +175,10 @@ class Strategy:
             known = ", ".join(sorted(by_name)) or "none"
             raise ConfigError(f"strategy_options: {self.name} has no option {', '.join(map(repr, unknown))}; "
                               f"known: {known}")
-        return {key: by_name[key].check(self.name, value) for key, value in options.items()}
+        checked = {key: by_name[key].check(self.name, value) for key, value in options.items()}
+        if self.check_together is not None:
+            self.check_together({**self.defaults, **checked})
+        return checked
 
     def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Every option: the checked given values over the defaults."""

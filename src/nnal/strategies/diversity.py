@@ -17,6 +17,8 @@ from nnal.strategies.usim import truncate_indices
 
 # Core-Set's feature options and the model score key each reads
 FEATURE_KEYS = {"flattened": "features", "pooled": "pooled_features"}
+# BADGE's loss options and the backend's per-slice objective each names (nnal.backend.gradients.LOSSES)
+BADGE_LOSSES = {"nnunet": "nnunet", "log-likelihood": "log-likelihood"}
 
 
 def sq_dist_to_point(x: np.ndarray, point: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
@@ -104,16 +106,20 @@ def badge_needs(*, embedding: str = "last-conv", **_: object) -> tuple[str, ...]
 
 
 def badge_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
-                  embedding: str = "last-conv", embedding_dim: int = 10_000) -> dict[str, np.ndarray]:
-    """``badge_embeddings``: per-slice gradients of the pseudo-label log-likelihood w.r.t. the decoder's last 3x3
-    convolution (a seeded subset of ``embedding_dim`` of its parameters when it has more), or, with
-    ``embedding="head"``, the pool pass's closed-form gradients of the 1x1 segmentation head."""
+                  embedding: str = "last-conv", embedding_dim: int = 10_000, loss: str = "nnunet"
+                  ) -> dict[str, np.ndarray]:
+    """``badge_embeddings``: per-slice gradients w.r.t. the decoder's last 3x3 convolution (a seeded subset of
+    ``embedding_dim`` of its parameters when it has more) of ``loss`` under pseudo labels: nnU-Net's training
+    loss (Dice + cross-entropy, deep-supervision weighted; the paper's code) or the full-resolution
+    log-likelihood. With ``embedding="head"``: the pool pass's closed-form log-likelihood gradients of the 1x1
+    segmentation head, whatever ``loss`` says (nnal's earlier behaviour, kept as it was)."""
     if embedding == "head":
         return {"badge_embeddings": np.asarray(scores["head_embeddings"])}
     n_params = model.parameter_count("last-decoder-conv")
     index = truncate_indices(n_params, embedding_dim, rng) if n_params > embedding_dim else None
     return {"badge_embeddings": model.gradient_embeddings(pool.cases, group="last-decoder-conv", index=index,
-                                                          batch_size=pool.batch_size, on_batch=pool.on_batch)}
+                                                          batch_size=pool.batch_size, loss=BADGE_LOSSES[loss],
+                                                          on_batch=pool.on_batch)}
 
 
 def badge_select(scores: Scores, budget: int, rng: np.random.Generator, *,
@@ -198,7 +204,10 @@ register(Strategy("badge", badge_select, option_needs=badge_needs, prepare=badge
                            Option("embedding", Literal["last-conv", "head"], "last-conv",
                                   "gradients of the decoder's last 3x3 conv (the paper's code) or of the 1x1 head"),
                            Option("embedding_dim", Annotated[int, Field(ge=1)], 10_000,
-                                  "last-conv gradient entries (parameters) kept, a seeded subset")),
+                                  "last-conv gradient entries (parameters) kept, a seeded subset"),
+                           Option("loss", Literal["nnunet", "log-likelihood"], "nnunet",
+                                  "last-conv gradients of nnU-Net's Dice + CE, deep-supervision weighted (the "
+                                  "paper's code), or of the full-resolution log-likelihood")),
                   help="BADGE(LL): k-means++ seeding on gradient embeddings under pseudo labels"))
 register(Strategy("stochastic-batches", stochastic_batches_select, needs=("entropy",), score_key="entropy",
                   options=(Option("reduce", Literal["sum", "mean"], "sum",

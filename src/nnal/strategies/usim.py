@@ -23,6 +23,8 @@ QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
 OPTIMIZERS = ("by-pool-size", "stochastic", "exact")
 NEGATIVES = ("clipped", "shifted")
 UNCERTAINTY_KEYS = {"variance": "class_variance", "std": "class_uncertainty"}
+# the deep_supervision option and the backend's per-slice objective it names (nnal.backend.gradients.LOSSES)
+DEEP_SUPERVISION_LOSSES = {"off": "log-likelihood", "sum": "log-likelihood-deep-supervision"}
 NAIVE_BELOW = 1000  # the paper's code: NaiveGreedy below 1000 pool rows, StochasticGreedy from there
 
 
@@ -283,38 +285,55 @@ def _no_embeddings(pool: PoolView) -> np.ndarray:
     return np.zeros((len(pool.ids), 0), np.float32)
 
 
+def bottleneck_subset(n_params: int, k: int, rng: np.random.Generator, how: str) -> np.ndarray | None:
+    """USIMC's parameter subset: None (all) when there are at most ``k``; else a seeded uniform subset
+    (``random``) or the first ``k`` entries of the flattened gradient (``first``, the paper's code)."""
+    if n_params <= k:
+        return None
+    if how == "first":
+        return np.arange(k, dtype=np.int64)
+    return truncate_indices(n_params, k, rng)
+
+
 def usimc_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
                   query_mode: str = "weighted", query_size: int | str = "elbow", query_sensitivity: float = 10.0,
                   query_floor_budgets: float = 5.0, uncertainty: str = "variance",
-                  embedding_dim: int = 10_000, selection: str = "flqmi") -> dict[str, np.ndarray]:
-    """Query set, then bottleneck gradient embeddings of every pool slice (a seeded subset of ``embedding_dim``)."""
+                  embedding_dim: int = 10_000, selection: str = "flqmi", deep_supervision: str = "off",
+                  parameter_subset: str = "random") -> dict[str, np.ndarray]:
+    """Query set, then bottleneck gradient embeddings of every pool slice (``embedding_dim`` of them, chosen by
+    ``parameter_subset``), of the full-resolution log-likelihood or its sum over the deep-supervision outputs."""
     out = _query(scores, pool, rng, query_mode, query_size, query_sensitivity, query_floor_budgets,
                  uncertainty)
     if selection == "uniform":
         return {**out, "grad_embeddings": _no_embeddings(pool)}
-    n_params = model.parameter_count("bottleneck")
-    index = truncate_indices(n_params, embedding_dim, rng) if n_params > embedding_dim else None
+    index = bottleneck_subset(model.parameter_count("bottleneck"), embedding_dim, rng, parameter_subset)
     out["grad_embeddings"] = model.gradient_embeddings(pool.cases, group="bottleneck", index=index,
-                                                       batch_size=pool.batch_size, on_batch=pool.on_batch)
+                                                       batch_size=pool.batch_size,
+                                                       loss=DEEP_SUPERVISION_LOSSES[deep_supervision],
+                                                       on_batch=pool.on_batch)
     return out
 
 
 def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.random.Generator, *,
                   query_mode: str = "weighted", query_size: int | str = "elbow", query_sensitivity: float = 10.0,
                   query_floor_budgets: float = 5.0, uncertainty: str = "variance",
-                  embedding_dim: int = 10_000, fisher_group: str = "network", selection: str = "flqmi"
-                  ) -> dict[str, np.ndarray]:
-    """Query set, diagonal Fisher over it (Eq. 3), ``embedding_dim`` parameters sampled by Fisher, embeddings."""
+                  embedding_dim: int = 10_000, fisher_group: str = "network", selection: str = "flqmi",
+                  deep_supervision: str = "off", fisher_estimate: str = "all-samples") -> dict[str, np.ndarray]:
+    """Query set, diagonal Fisher (Eq. 3) over it (``all-samples``) or over its first draw alone
+    (``first-sample``: what the paper's code computed), ``embedding_dim`` parameters sampled by Fisher, then the
+    pool's embeddings on them; every gradient of the same objective (``deep_supervision``)."""
     out = _query(scores, pool, rng, query_mode, query_size, query_sensitivity, query_floor_budgets,
                  uncertainty)
     if selection == "uniform":
         return {**out, "grad_embeddings": _no_embeddings(pool), "fisher": np.zeros(0, np.float32)}
-    unique, counts = np.unique(out["query"], return_counts=True)
-    fisher = model.fisher(pool.cases_of(unique), counts, group=fisher_group, batch_size=pool.batch_size)
+    loss = DEEP_SUPERVISION_LOSSES[deep_supervision]
+    drawn = out["query"] if fisher_estimate == "all-samples" else out["query"][:1]
+    unique, counts = np.unique(drawn, return_counts=True)
+    fisher = model.fisher(pool.cases_of(unique), counts, group=fisher_group, batch_size=pool.batch_size, loss=loss)
     index = sample_parameters(fisher, min(embedding_dim, len(fisher)), rng)
     out["fisher"] = fisher[index].astype(np.float32)
     out["grad_embeddings"] = model.gradient_embeddings(pool.cases, group=fisher_group, index=index,
-                                                       batch_size=pool.batch_size, on_batch=pool.on_batch)
+                                                       batch_size=pool.batch_size, loss=loss, on_batch=pool.on_batch)
     return out
 
 
@@ -364,18 +383,30 @@ _COMMON = (
     Option("epsilon", Annotated[float, Field(gt=0, lt=1)], 0.01, "stochastic greedy's epsilon"),
     Option("selection", Literal["flqmi", "uniform"], "flqmi", "the batch from the query set: FLQMI (USIM), or "
            "uniform sampling from its draws (Appendix E's baseline; no gradient embeddings computed)"),
+    Option("deep_supervision", Literal["off", "sum"], "off",
+           "gradients of log p(y_hat|x) at full resolution (Eq. 3), or summed over every deep-supervision output "
+           "(the paper's code)"),
 )
 _USIM_NEEDS = ()
 _USIM_PROVIDES = ("labeled_class_voxels", "usim_uncertainty", "query", "grad_embeddings")
 register(Strategy("usimc", usimc_select, needs=_USIM_NEEDS, option_needs=usim_needs, prepare=usimc_prepare,
                   provides=_USIM_PROVIDES,
-                  options=_COMMON, score_key="usim_uncertainty",
+                  options=(*_COMMON,
+                           Option("parameter_subset", Literal["random", "first"], "random",
+                                  "embedding_dim bottleneck entries: a seeded uniform subset, or the first ones "
+                                  "(the paper's code)")),
+                  score_key="usim_uncertainty",
                   help="USIMC: FLQMI on cosine similarity of bottleneck gradient embeddings"))
 register(Strategy("usimf", usimf_select, needs=_USIM_NEEDS, option_needs=usim_needs, prepare=usimf_prepare,
                   provides=(*_USIM_PROVIDES, "fisher"), score_key="usim_uncertainty",
                   options=(*_COMMON,
-                           Option("fisher_group", Literal["network", "decoder", "bottleneck"], "network",
-                                  "parameters of the Fisher kernel: the network (Eq. 3) or the decoder (the code)"),
+                           Option("fisher_group", Literal["network", "decoder-convs", "decoder", "bottleneck"],
+                                  "network", "parameters of the Fisher kernel: the network (Eq. 3), the decoder's "
+                                  "3x3 convolutions (the paper's code) or the whole decoder"),
+                           Option("fisher_estimate", Literal["all-samples", "first-sample"], "all-samples",
+                                  "the Fisher over every query draw (Eq. 3), or the first draw's squared gradient "
+                                  "(the paper's code, a bug)"),
                            Option("damping", Annotated[float, Field(ge=0, allow_inf_nan=False)], 1e-6,
-                                  "added to the Fisher diagonal before inverting, times its mean (scale-aware)")),
+                                  "added to the Fisher diagonal before inverting, times its mean (scale-aware; "
+                                  "0: the exact inverse, as Eq. 4 and the code)")),
                   help="USIMF: FLQMI on the Fisher-kernel similarity of gradient embeddings"))
