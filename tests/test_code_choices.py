@@ -37,7 +37,8 @@ class RecordingModel:
         return np.array([self.rows[(c, int(z))] for c, s in cases for z in s], dtype=np.int64)
 
     def scores(self, cases, keys, *, mc_passes, batch_size, seed, on_batch=None):
-        return {"class_variance": self.variance[self._positions(cases)]}
+        rows = self.variance[self._positions(cases)]
+        return {"class_variance": rows, "variance": rows.mean(1)}
 
     def parameter_count(self, group: str) -> int:
         return PARAMS[group]
@@ -166,7 +167,7 @@ def test_damping_default_is_nnals_relative_guard_and_zero_is_the_exact_inverse()
     g[:, 0] *= 1e-3  # a parameter of tiny gradients and Fisher, the one the relative guard acts on
     fisher = np.array([1e-6, 1.0, 2.0, 3.0, 4.0, 5.0], dtype=np.float32)
     scores = {"ids": np.arange(30), "grad_embeddings": g, "query": np.arange(0, 30, 3), "fisher": fisher,
-              "class_variance": rng.random((30, 2)), "usim_uncertainty": rng.random(30),
+              "class_variance": rng.random((30, 2)), "variance": rng.random(30), "usim_uncertainty": rng.random(30),
               "labeled_class_voxels": np.array([1.0, 1.0])}
     exact = fisher_similarity(g, g[scores["query"]], fisher, damping=0.0)
     damped = fisher_similarity(g, g[scores["query"]], fisher, damping=1e-6)

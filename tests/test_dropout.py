@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def _backend(dataset: Path, cache: Path, **regime) -> Backend:
     config = Config(dataset=str(dataset), **regime)
     return Backend(load_dataset(dataset), cache, dropout=config.dropout, dropout_p=config.dropout_p,
-                   mc_dropout_p=config.mc_dropout_p, num_processes=0, device="cpu")
+                   mc_dropout_p=config.resolved().mc_dropout_p, num_processes=0, device="cpu")
 
 
 def _conv_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
@@ -102,6 +102,16 @@ def test_max_entropy_scores_with_dropout_off(backend):
     assert calls and not any(training for training, _ in calls)
 
 
+@pytest.mark.parametrize("strategy, p", [("bald", 0.01), ("meanstd", 0.1), ("usimf", 0.1)])
+def test_each_strategy_scores_at_the_codes_p_by_default(strategy, p, mini_hippocampus, nnunet_cache):
+    """The paper's code: BALD's own enable-dropout call at 0.01, the other MC strategies at 0.1."""
+    backend = _backend(mini_hippocampus, nnunet_cache, strategy=strategy)
+    model = backend.model(None)
+    calls = _record_dropout(model.network)
+    model.scores(_pool_cases(backend), {"bald", "class_variance"}, mc_passes=2, batch_size=64, seed=0)
+    assert {round(p_, 9) for training, p_ in calls if training} == {p}
+
+
 def test_scoring_p_is_a_setting(mini_hippocampus, nnunet_cache):
     backend = _backend(mini_hippocampus, nnunet_cache, mc_dropout_p=0.3)
     model = backend.model(None)
@@ -120,5 +130,5 @@ def test_a_config_saved_before_the_regime_was_a_setting_reads_as_what_it_ran(tmp
     folder.config_file.write_text(yaml.safe_dump(old))
     saved = folder.read_config()
     assert (saved.dropout, saved.dropout_p, saved.mc_dropout_p) == ("channel", 0.1, 0.1)
-    fresh = Config(dataset="/data/x")
+    fresh = Config(dataset="/data/x").resolved()
     assert (fresh.dropout, fresh.dropout_p, fresh.mc_dropout_p) == ("element", 0.01, 0.1)

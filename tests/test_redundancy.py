@@ -302,7 +302,7 @@ def test_the_strategies_take_uniform_selection_as_an_option(name):
     rng = np.random.default_rng(1)
     scores = {"ids": np.arange(100, 130), "query": rng.integers(0, 30, size=40), "usim_uncertainty": rng.random(30),
               "labeled_class_voxels": np.array([5.0, 3.0]), "grad_embeddings": np.zeros((30, 0), np.float32),
-              "fisher": np.zeros(0, np.float32), "class_variance": rng.random((30, 2))}
+              "fisher": np.zeros(0, np.float32), "class_variance": rng.random((30, 2)), "variance": rng.random(30)}
     got = get_strategy(name)(scores, 7, np.random.default_rng(2), {"selection": "uniform"})
     want = scores["ids"][uniform_from_query(scores["query"], 30, 7, np.random.default_rng(2))]
     assert got.tolist() == want.tolist()

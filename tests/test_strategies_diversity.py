@@ -159,6 +159,24 @@ def test_stochastic_batches_ties_take_the_first_batch_and_small_pool() -> None:
         stochastic_batches_select(scores, 4, np.random.default_rng(3), reduce="max")
 
 
+def test_stochastic_batches_as_the_code_ran_it_by_hand() -> None:
+    """The code: MC variance instead of entropy, and the N mod B leftovers as a smaller batch of their own."""
+    perm = np.random.default_rng(7).permutation(7)
+    assert perm.tolist() == [0, 5, 6, 2, 4, 1, 3]  # batches {0, 5, 6}, {2, 4, 1}; slice 3 left over
+    variance = np.array([0.0, 0.1, 0.2, 9.0, 0.4, 0.5, 0.6])  # the leftover slice alone outweighs either batch
+    entropy = np.array([0.0, 0.1, 0.2, 0.3, 9.0, 0.5, 0.6])  # by entropy the second batch wins
+    scores = {"ids": _ids(7), "entropy": entropy, "variance": variance}
+    strategy = get_strategy("stochastic-batches")
+    assert strategy(scores, 3, np.random.default_rng(7)).tolist() == _ids(7)[[2, 4, 1]].tolist()
+    assert strategy(scores, 3, np.random.default_rng(7), {"score": "variance"}).tolist() == _ids(7)[[0, 5, 6]].tolist()
+    assert strategy.needs_for({"score": "variance"}) == ("entropy", "variance")
+    kept = strategy(scores, 3, np.random.default_rng(7), {"score": "variance", "last_group": "keep"})
+    rng = np.random.default_rng(7)
+    rng.permutation(7)
+    fill = rng.choice(np.array([0, 1, 2, 4, 5, 6]), size=2, replace=False)  # the smaller batch, filled up
+    assert kept.tolist() == _ids(7)[[3, *fill]].tolist()
+
+
 # --- every registered strategy through Strategy.__call__ ------------------------------------------------------
 
 

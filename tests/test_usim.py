@@ -249,7 +249,7 @@ def test_usim_strategies_equal_their_manual_pipeline():
     n, d = 60, 12
     g = rng.normal(size=(n, d)).astype(np.float32)
     scores = {"ids": np.arange(100, 100 + n), "grad_embeddings": g, "query": rng.integers(0, n, 15),
-              "class_uncertainty": rng.random((n, 2)), "class_variance": rng.random((n, 2)),
+              "class_uncertainty": rng.random((n, 2)), "class_variance": rng.random((n, 2)), "variance": rng.random(n),
               "labeled_class_voxels": np.array([10.0, 0.0]),
               "usim_uncertainty": rng.random(n), "fisher": rng.random(d).astype(np.float32) + 0.1}
     for name, sim in (("usimc", lambda: cosine_similarity(g, g[scores["query"]])),
@@ -291,15 +291,17 @@ def test_default_flqmi_switches_to_stochastic_greedy_at_1000_rows() -> None:
 def test_usim_weights_its_query_draws_by_the_mc_variance_by_default() -> None:
     from nnal.strategies import get_strategy
 
-    for name in ("usimc", "usimf"):
-        assert get_strategy(name).needs_for() == ("class_variance",)
-        assert get_strategy(name).needs_for({"uncertainty": "std"}) == ("class_uncertainty",)
+    assert get_strategy("usimc").needs_for() == ("class_variance",)
+    assert get_strategy("usimc").needs_for({"uncertainty": "std"}) == ("class_uncertainty",)
+    # USIMF's prefilter (the code's 30,000 slices) ranks by the mean MC variance as well
+    assert get_strategy("usimf").needs_for() == ("class_variance", "variance")
+    assert get_strategy("usimf").needs_for({"uncertainty": "std", "prefilter": None}) == ("class_uncertainty",)
 
 
 def test_usim_defaults_are_the_rows_of_docs_fidelity() -> None:
     """The defaults docs/fidelity.md lists for USIMC and USIMF (eta = 1 as the paper ran it, the code's Q rule,
     variance, clipped negatives, optimizer by pool size, relative damping, FLQMI selection, full-resolution
-    gradients, the Fisher over all query draws, USIMC's seeded random subset)."""
+    gradients, the Fisher over all query draws, USIMC's seeded random subset, USIMF's 30,000-slice prefilter)."""
     from nnal.strategies import get_strategy
 
     expected = {"eta": 1.0, "query_mode": "weighted", "query_size": "elbow", "query_sensitivity": 10.0,
@@ -308,4 +310,4 @@ def test_usim_defaults_are_the_rows_of_docs_fidelity() -> None:
                 "deep_supervision": "off"}
     assert get_strategy("usimc").defaults == {**expected, "parameter_subset": "random"}
     assert get_strategy("usimf").defaults == {**expected, "fisher_group": "network", "damping": 1e-6,
-                                              "fisher_estimate": "all-samples"}
+                                              "fisher_estimate": "all-samples", "prefilter": 30_000}

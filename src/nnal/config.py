@@ -85,7 +85,8 @@ class Config(BaseModel):
     # convolution, p = 0.01 while training; the same modules raised to p = 0.1 for the MC-dropout passes
     dropout: Literal["element", "channel"] = "element"  # channel: nn.Dropout2d (whole feature maps)
     dropout_p: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.01
-    mc_dropout_p: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    # None: the strategy's own (the paper's code: 0.01 for BALD, its own enable-dropout call; 0.1 for the others)
+    mc_dropout_p: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     mc_passes: Annotated[int, Field(ge=2)] = 10
     score_batch_size: OptionalPositiveInt = None
     # pool and test subsets (None: all cases of the fold), for demos and tests
@@ -142,8 +143,10 @@ class Config(BaseModel):
         return build({**self.to_dict(), **changes}, "config")
 
     def resolved(self) -> Config:
-        """Fill schedule fields left at None from the preset."""
+        """Fill schedule fields left at None from the preset, the MC-dropout p from the strategy."""
         fill = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
+        if self.mc_dropout_p is None:
+            fill["mc_dropout_p"] = get_strategy(self.strategy).mc_dropout_p
         return self.replace(**fill) if fill else self
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from nnal.analysis.load import FULL, Experiment, dataset_names
 from nnal.config import Config, upgrade_saved
 from nnal.errors import ReportError
+from nnal.strategies import REGISTRY
 
 # Config fields that are NOT part of the protocol; every other field is, one this nnal does not know included.
 # A repetition's own identity (experiment, fold, seed), where and how fast it ran (device, num_processes,
@@ -50,6 +51,8 @@ def protocol(exp: Experiment) -> dict[str, Any]:
     """The experiment's protocol fields with their values (a field its config lacks at its default; a full-label
     reference without the fields it does not use). ``rounds`` is the last round its results hold."""
     settings = {**_DEFAULTS, **upgrade_saved(dict(exp.config))}
+    if exp.strategy in REGISTRY and settings.get("mc_dropout_p") == REGISTRY[exp.strategy].mc_dropout_p:
+        settings["mc_dropout_p"] = None  # the strategy's own p (BALD's 0.01, the others' 0.1): one protocol
     fields = {k: v for k, v in settings.items() if k not in NOT_PROTOCOL}
     if exp.strategy == FULL:
         return {k: v for k, v in fields.items() if k not in AL_ONLY}

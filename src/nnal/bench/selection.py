@@ -144,7 +144,8 @@ def bench_similarity_and_selection(
 ) -> dict[str, Any]:
     """Build ``S`` from gradient embeddings and select a batch of 100, as USIM does at ``scale``; one process.
 
-    ``kind="fisher"`` (paper Eq. 4): ``S = g_u diag(1 / (F + 1e-8)) g_q^T``, the diagonal folded into ``g_q`` once;
+    ``kind="fisher"`` (paper Eq. 4): ``S = g_u diag(1 / (F + 1e-6 mean(F))) g_q^T`` (USIMF's default damping), the
+    diagonal folded into ``g_q`` once;
     ``kind="cosine"`` (Eq. 2): rows of ``g_u`` and ``g_q`` scaled to unit length. ``S`` (float32) is preallocated and
     filled in row chunks of ``g_u`` of about 64 MiB, each one matrix product (numpy's BLAS, or torch on the GPU with
     ``device="cuda"``, TF32 off); the running minimum is kept on the way, then ``S`` is shifted to ``>= 0`` in place

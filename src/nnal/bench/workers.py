@@ -64,8 +64,9 @@ def similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str,
     reset_peak_rss()
     gen_s = gemm_s = transfer_s = 0.0
     t = time.perf_counter()
-    if kind == "fisher":  # fold diag(1 / F) into g_q once, in place
-        g_q *= (1.0 / (fisher.astype(np.float64) + 1e-8)).astype(np.float32)
+    if kind == "fisher":  # fold diag(1 / (F + delta)) into g_q once, in place; delta as USIMF's default damping
+        f = fisher.astype(np.float64)
+        g_q *= (1.0 / (f + 1e-6 * f.mean())).astype(np.float32)
     else:
         _unit(g_q)
     fold_s = time.perf_counter() - t

@@ -145,6 +145,8 @@ class Strategy:
     # reads the oracle's labels of unlabeled slices (PoolView.class_voxels): a simulation baseline, refused when a
     # person is the oracle
     reads_ground_truth: bool = False
+    # dropout p of the MC passes when the config leaves it unset (the paper's code scored BALD at 0.01, the others 0.1)
+    mc_dropout_p: float = 0.1
     _routes: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 CHUNK_ELEMENTS = 1 << 22  # floats per temporary block (32 MiB in float64)
 # arrays that are not one row per pool slice: USIM's query positions and the Fisher values of its parameters
 UNALIGNED_KEYS = frozenset({"query", "fisher"})
+CANDIDATE_ROWS = frozenset({"grad_embeddings"})  # rows: the prefilter's candidates when the scores name them
 
 
 def row_blocks(n: int, cols: int, chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[slice]:
@@ -75,8 +76,10 @@ def check_scores(scores: Mapping[str, np.ndarray], needs: tuple[str, ...]) -> np
         arr = np.asarray(scores[key])
         if key.startswith("labeled_") or key in UNALIGNED_KEYS:
             continue
-        if arr.shape[0] != len(ids):
-            raise ValueError(f"scores[{key!r}] has {arr.shape[0]} rows, expected {len(ids)}")
+        # USIMF's prefilter keeps embeddings of its candidates only (usim_prefilter.candidate_rows)
+        rows = len(scores["candidates"]) if key in CANDIDATE_ROWS and "candidates" in scores else len(ids)
+        if arr.shape[0] != rows:
+            raise ValueError(f"scores[{key!r}] has {arr.shape[0]} rows, expected {rows}")
         if not np.isfinite(arr).all():
             raise ValueError(f"scores[{key!r}] contains NaN or inf")
     return ids

@@ -164,29 +164,41 @@ def badge_select(scores: Scores, budget: int, rng: np.random.Generator, *,
 # --- Stochastic Batches ---------------------------------------------------------------------------------------
 
 
-def stochastic_batches_select(scores: Scores, budget: int, rng: np.random.Generator, *, reduce: str = "sum"
-                              ) -> np.ndarray:
-    """The batch of highest ``entropy`` (``reduce``: "sum" or "mean") among floor(N / budget) random batches.
+def stochastic_batches_select(scores: Scores, budget: int, rng: np.random.Generator, *, reduce: str = "sum",
+                              score: str = "entropy", last_group: str = "drop") -> np.ndarray:
+    """The batch of highest ``score`` (``reduce``: "sum" or "mean") among floor(N / budget) random batches.
 
     A permutation of the pool positions (``rng.permutation(N)``) is cut into floor(N / budget) consecutive
-    batches of ``budget``; the last N mod budget positions of the permutation are in no batch. Ties go to the
-    lowest batch index. With N < budget the whole pool is returned. All batches have the same size, so "sum"
-    and "mean" rank them identically.
+    batches of ``budget``; the last N mod budget positions of the permutation are in no batch (``last_group:
+    drop``, the text's floor(|U|/B) batches) or form a smaller last batch that competes too (``keep``, the paper's
+    code; should it win, it is filled up to ``budget`` with a uniform draw from the rest, since a round selects
+    ``budget`` slices). Ties go to the lowest batch index. With N < budget the whole pool is returned.
+    ``score``: per-slice ``entropy`` (the text) or the MC-dropout ``variance`` (the code, p = 0.1).
     """
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     ids = np.asarray(scores["ids"])
-    entropy = score_vector(scores, "entropy")
+    values = score_vector(scores, score)
     if budget <= 0:
         return np.empty(0, dtype=np.int64)
     perm = rng.permutation(len(ids))
     n_batches = len(ids) // budget
     if n_batches == 0:
         return ids[perm]
-    batches = perm[: n_batches * budget].reshape(n_batches, budget)
-    values = entropy[batches]
-    totals = values.sum(axis=1) if reduce == "sum" else values.mean(axis=1)
-    return ids[batches[int(np.argmax(totals))]]
+    batches = [perm[k * budget:(k + 1) * budget] for k in range(n_batches)]
+    if last_group == "keep" and len(ids) % budget:
+        batches.append(perm[n_batches * budget:])
+    totals = [values[b].sum() if reduce == "sum" else values[b].mean() for b in batches]
+    best = batches[int(np.argmax(totals))]
+    if len(best) < budget:
+        rest = np.setdiff1d(np.arange(len(ids)), best)
+        best = np.concatenate([best, rng.choice(rest, size=budget - len(best), replace=False)])
+    return ids[best]
+
+
+def stochastic_batches_needs(*, score: str = "entropy", **_: object) -> tuple[str, ...]:
+    """The MC variance when the batches are ranked by it (the code's choice)."""
+    return ("variance",) if score == "variance" else ()
 
 
 CHUNK_OPTION = Option("chunk_elements", Annotated[int, Field(ge=1)], CHUNK_ELEMENTS,
@@ -210,6 +222,12 @@ register(Strategy("badge", badge_select, option_needs=badge_needs, prepare=badge
                                   "paper's code), or of the full-resolution log-likelihood")),
                   help="BADGE(LL): k-means++ seeding on gradient embeddings under pseudo labels"))
 register(Strategy("stochastic-batches", stochastic_batches_select, needs=("entropy",), score_key="entropy",
+                  option_needs=stochastic_batches_needs,
                   options=(Option("reduce", Literal["sum", "mean"], "sum",
-                                  "how a batch's entropy is reduced (equal batch sizes: same ranking)"),),
+                                  "how a batch's score is reduced (equal batch sizes: same ranking)"),
+                           Option("score", Literal["entropy", "variance"], "entropy",
+                                  "per-slice score: entropy (the paper's text) or MC-dropout variance (its code)"),
+                           Option("last_group", Literal["drop", "keep"], "drop",
+                                  "the N mod B slices left over: in no batch (the text's floor(N/B) batches) or a "
+                                  "smaller batch of their own (the code)")),
                   help="Stochastic Batches: the random batch of highest summed entropy"))

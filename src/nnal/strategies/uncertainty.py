@@ -57,8 +57,9 @@ register(Strategy("full", full_select, help="every pool slice: the full-label re
 _POWER = dict(prepare=power_prepare, check_together=check_power_options)
 register(Strategy("entropy", entropy_select, needs=("entropy",), score_key="entropy", options=power_options(),
                   help="Max Entropy: highest mean pixel entropy, dropout off", **_POWER))
-register(Strategy("bald", bald_select, needs=("bald",), score_key="bald", options=power_options(),
-                  help="BALD: highest mutual information over T MC-dropout passes", **_POWER))
+# the paper's code scores BALD with its own enable-dropout call at p = 0.01 (docs/fidelity.md); mc_dropout_p overrides
+register(Strategy("bald", bald_select, needs=("bald",), score_key="bald", options=power_options(), mc_dropout_p=0.01,
+                  help="BALD: highest mutual information over T MC-dropout passes (at p = 0.01)", **_POWER))
 register(Strategy("meanstd", meanstd_select, needs=("std",), score_key="std", option_needs=meanstd_needs,
                   options=(Option("use_variance", bool, False,
                                   "rank by the MC variance (the paper's code) instead of the std (its text)"),

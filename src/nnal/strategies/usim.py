@@ -17,6 +17,7 @@ from nnal.strategies.checks import CHUNK_ELEMENTS, row_blocks
 from nnal.strategies.checks import count as _count
 from nnal.strategies.checks import finite_array as _finite
 from nnal.strategies.similarity import cosine_similarity, fisher_similarity
+from nnal.strategies.usim_prefilter import PREFILTER, candidate_rows, most_uncertain
 from nnal.strategies.usim_uniform import uniform_from_query
 
 QUERY_MODES = ("weighted", "uniform", "max-uncertainty")
@@ -265,18 +266,24 @@ def usim_select(
 # select: similarity, then FLQMI. Both draw from the scoring / selection phase's own Generator.
 
 
-def usim_needs(*, uncertainty: str = "variance", **_: object) -> tuple[str, ...]:
-    """The per-class MC uncertainty that weights the query distribution: variance (the code) or std."""
-    return (UNCERTAINTY_KEYS[uncertainty],)
+def usim_needs(*, uncertainty: str = "variance", prefilter: int | None = None, **_: object) -> tuple[str, ...]:
+    """The per-class MC uncertainty that weights the query distribution: variance (the code) or std; and USIMF's
+    prefilter ranks by the mean MC variance."""
+    return (UNCERTAINTY_KEYS[uncertainty], *(("variance",) if prefilter is not None else ()))
 
 
 def _query(scores: Scores, pool: PoolView, rng: np.random.Generator, query_mode: str, query_size: int | str,
-           query_sensitivity: float, query_floor_budgets: float, uncertainty: str) -> dict[str, np.ndarray]:
-    cu = scores[UNCERTAINTY_KEYS[uncertainty]]
+           query_sensitivity: float, query_floor_budgets: float, uncertainty: str,
+           positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The query set (pool positions) drawn among ``positions`` (None: the whole unlabeled pool)."""
+    cu = np.asarray(scores[UNCERTAINTY_KEYS[uncertainty]])
     weighted = weighted_uncertainty(cu, class_weights(pool.labeled_class_voxels))
-    size = query_size_for(weighted, pool.budget, size=query_size, sensitivity=query_sensitivity,
+    among = slice(None) if positions is None else positions
+    size = query_size_for(weighted[among], pool.budget, size=query_size, sensitivity=query_sensitivity,
                           floor_budgets=query_floor_budgets)
-    query = query_set(cu, pool.labeled_class_voxels, size, rng, mode=query_mode)
+    query = query_set(cu[among], pool.labeled_class_voxels, size, rng, mode=query_mode)
+    if positions is not None:
+        query = positions[query]
     return {"query": query, "usim_uncertainty": weighted, "labeled_class_voxels": pool.labeled_class_voxels}
 
 
@@ -318,12 +325,17 @@ def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.rand
                   query_mode: str = "weighted", query_size: int | str = "elbow", query_sensitivity: float = 10.0,
                   query_floor_budgets: float = 5.0, uncertainty: str = "variance",
                   embedding_dim: int = 10_000, fisher_group: str = "network", selection: str = "flqmi",
-                  deep_supervision: str = "off", fisher_estimate: str = "all-samples") -> dict[str, np.ndarray]:
+                  deep_supervision: str = "off", fisher_estimate: str = "all-samples",
+                  prefilter: int | None = PREFILTER) -> dict[str, np.ndarray]:
     """Query set, diagonal Fisher (Eq. 3) over it (``all-samples``) or over its first draw alone
     (``first-sample``: what the paper's code computed), ``embedding_dim`` parameters sampled by Fisher, then the
-    pool's embeddings on them; every gradient of the same objective (``deep_supervision``)."""
+    pool's embeddings on them; every gradient of the same objective (``deep_supervision``). With more unlabeled
+    slices than ``prefilter``, all of it happens among the ``prefilter`` most uncertain (``candidates``)."""
+    kept = most_uncertain(scores, prefilter, pool.budget)
     out = _query(scores, pool, rng, query_mode, query_size, query_sensitivity, query_floor_budgets,
-                 uncertainty)
+                 uncertainty, kept)
+    if kept is not None:
+        out["candidates"] = kept
     if selection == "uniform":
         return {**out, "grad_embeddings": _no_embeddings(pool), "fisher": np.zeros(0, np.float32)}
     loss = DEEP_SUPERVISION_LOSSES[deep_supervision]
@@ -332,7 +344,8 @@ def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.rand
     fisher = model.fisher(pool.cases_of(unique), counts, group=fisher_group, batch_size=pool.batch_size, loss=loss)
     index = sample_parameters(fisher, min(embedding_dim, len(fisher)), rng)
     out["fisher"] = fisher[index].astype(np.float32)
-    out["grad_embeddings"] = model.gradient_embeddings(pool.cases, group=fisher_group, index=index,
+    cases = pool.cases if kept is None else pool.cases_of(kept)
+    out["grad_embeddings"] = model.gradient_embeddings(cases, group=fisher_group, index=index,
                                                        batch_size=pool.batch_size, loss=loss, on_batch=pool.on_batch)
     return out
 
@@ -356,9 +369,10 @@ def usimf_select(scores: Scores, budget: int, rng: np.random.Generator, *, eta: 
     ids = np.asarray(scores["ids"])
     if selection == "uniform":
         return ids[uniform_from_query(scores["query"], len(ids), budget, rng)]
+    rows, query = candidate_rows(scores)  # the embeddings' rows: every unlabeled slice, or the prefilter's
     g = np.asarray(scores["grad_embeddings"])
-    s = fisher_similarity(g, g[np.asarray(scores["query"])], np.asarray(scores["fisher"]), damping=damping)
-    return ids[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]
+    s = fisher_similarity(g, g[query], np.asarray(scores["fisher"]), damping=damping)
+    return ids[rows[usim_select(s, budget, rng, eta, optimizer, epsilon, negatives)]]
 
 
 _PositiveInt = Annotated[int, Field(ge=1)]
@@ -408,5 +422,8 @@ register(Strategy("usimf", usimf_select, needs=_USIM_NEEDS, option_needs=usim_ne
                                   "(the paper's code, a bug)"),
                            Option("damping", Annotated[float, Field(ge=0, allow_inf_nan=False)], 1e-6,
                                   "added to the Fisher diagonal before inverting, times its mean (scale-aware; "
-                                  "0: the exact inverse, as Eq. 4 and the code)")),
+                                  "0: the exact inverse, as Eq. 4 and the code)"),
+                           Option("prefilter", Annotated[int, Field(ge=1)] | None, PREFILTER,
+                                  "only the N most uncertain unlabeled slices (unweighted mean MC variance) enter "
+                                  "the query set, the Fisher and FLQMI (the paper's code: 30000); null: all")),
                   help="USIMF: FLQMI on the Fisher-kernel similarity of gradient embeddings"))
