@@ -1,0 +1,41 @@
+"""CT end to end, reduced: a small synthetic Spleen-like set (labelled synthetic) through nnU-Net's own plan (CT
+normalisation) and one selection round of every strategy, with the real backend on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from nnal.config import build
+from nnal.loop import run_experiment
+from nnal.strategies import REGISTRY
+from nnal.synth import synthesize
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = dict(preset="cpu", device="cpu", rounds=1, initial=12, budget=4, mc_passes=2, iterations_per_epoch=2,
+                epochs_initial=2, epochs_per_round=1, batch_size=4, score_batch_size=16, test_cases=1)
+
+
+@pytest.fixture(scope="module")
+def spleen(tmp_path_factory):
+    return synthesize(kind="spleen", output=tmp_path_factory.mktemp("ct") / "Dataset902_SyntheticSpleen", cases=5,
+                      size=64, slices=(12, 16), seed=1)
+
+
+def test_every_strategy_completes_a_round_on_synthetic_ct(spleen, tmp_path):
+    cache, first = tmp_path / "cache", None
+    strategies = sorted(s for s in REGISTRY if s != "full")
+    for strategy in strategies:
+        folder = tmp_path / strategy
+        run_experiment(build({"dataset": str(spleen), "strategy": strategy, **SETTINGS}), folder, cache=cache,
+                       share_round0=first, progress=False)
+        first = first or folder
+        results = pd.read_csv(folder / "results.csv")
+        assert results["round"].max() == 1, strategy
+        assert len(pd.read_csv(folder / "round_001" / "selection.csv")) == 4, strategy
+    plans = json.loads(next(cache.glob("*/preprocessed/*/nnUNetPlans.json")).read_text())
+    assert plans["configurations"]["2d"]["normalization_schemes"] == ["CTNormalization"]
+    assert json.loads((spleen / "dataset.json").read_text())["synthetic"] is True
