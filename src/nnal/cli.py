@@ -101,6 +101,9 @@ def run(
     cache: Annotated[Path | None, typer.Option(help="folder for nnU-Net's plans and preprocessed data, "
                                                "shareable between experiments (default: OUTPUT/nnunet)")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: every core)")] = None,
+    score_shards: Annotated[str | None, typer.Option(help="score each round's pool in this many Ray tasks (the "
+                                                     "same scores; needs the grid extra; $RAY_ADDRESS: a cluster)",
+                                                     show_default=_default("score_shards"), **Int)] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     oracle: Annotated[str | None, typer.Option(help="simulated (labels from the dataset's ground truth) or human "
                                                "(annotation mode: stop after each selection for a person's masks; "
@@ -118,7 +121,7 @@ def run(
         from nnal.experiment import ExperimentFolder
 
         values = ExperimentFolder(output).read_config().to_dict()
-    numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget)
+    numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget, score_shards=score_shards)
     files = {k: str(v.resolve()) for k, v in (("splits", splits), ("plans", plans)) if v is not None}
     flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device, oracle=oracle, **files,
                  **{k: _flag_value(v) for k, v in numbers.items() if v is not None})

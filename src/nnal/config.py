@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # fields that may change when an existing experiment is resumed (they do not change its results)
-RESUMABLE_CHANGES = frozenset({"rounds", "device", "num_processes"})
+RESUMABLE_CHANGES = frozenset({"rounds", "device", "num_processes", "score_shards"})
 # fields that decide round 0 (the initial random set and the first model): equal ones may share it
 # (redundancy: the pool's duplicates shift every id, so pools that differ never share round 0)
 ROUND0_FIELDS = ("dataset", "fold", "seed", "initial", "preset", "batch_size", "iterations_per_epoch",
@@ -89,6 +89,9 @@ class Config(BaseModel):
     mc_dropout_p: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     mc_passes: Annotated[int, Field(ge=2)] = 10
     score_batch_size: OptionalPositiveInt = None
+    # the scoring phase in this many Ray tasks, each whole batches of the single pass (nnal.backend.shards): how the
+    # scores are computed, never what they are (bit-identical on the CPU), so a resumed experiment may change it
+    score_shards: PositiveInt = 1
     # pool and test subsets (None: all cases of the fold), for demos and tests
     pool_cases: OptionalPositiveInt = None
     test_cases: OptionalPositiveInt = None

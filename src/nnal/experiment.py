@@ -24,14 +24,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_ya
 from nnal.dataset import fingerprint_changes
 from nnal.errors import ConfigError, DatasetError, EnvironmentProblem, FolderError, LockedError
 from nnal.pool import SlicePool
+from nnal.scores_file import read_npz, write_npz
 from nnal.strategies import get_strategy
 
 PHASES = ("score", "select", "train", "evaluate")
@@ -49,8 +50,10 @@ RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled"
 SELECTION_COLUMNS = ["id", "case", "slice", "score"]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write temp file in the same folder, fsync, rename: readers see the old or the new file, never half."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends: temp file in the same folder, fsync, rename; readers
+    see the old or the new file, never half. A failure leaves the old file, and no temp file, behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -59,7 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are for the whole lab to read
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -75,6 +78,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -340,13 +349,14 @@ class ExperimentFolder:
     # --- rounds ---------------------------------------------------------------------------------------------
 
     def write_scores(self, round_: int, scores: Mapping[str, np.ndarray]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, **scores)
-        atomic_write_bytes(self.scores_file(round_), buf.getvalue())
+        """The scoring phase's arrays as ``scores.npz``, streamed into the file member by member (never its bytes
+        in memory: at Liver scale an array is gigabytes; :mod:`nnal.scores_file`)."""
+        with atomic_file(self.scores_file(round_)) as fh:
+            write_npz(fh, scores)
 
     def read_scores(self, round_: int) -> dict[str, np.ndarray]:
-        with np.load(self.scores_file(round_)) as data:
-            return dict(data)
+        """``scores.npz`` by key; its large arrays read-only memory maps of the file."""
+        return read_npz(self.scores_file(round_))
 
     def write_selection(self, round_: int, table: pd.DataFrame) -> None:
         atomic_write_text(self.selection_file(round_), table[SELECTION_COLUMNS].to_csv(index=False))

@@ -22,10 +22,10 @@ from nnal.strategies import REGISTRY
 
 # Config fields that are NOT part of the protocol; every other field is, one this nnal does not know included.
 # A repetition's own identity (experiment, fold, seed), where and how fast it ran (device, num_processes,
-# score_batch_size), and what the report already groups by: the dataset (by folder name and fingerprint, never
-# by its absolute path), the strategy and its options (the variant).
+# score_batch_size, score_shards), and what the report already groups by: the dataset (by folder name and
+# fingerprint, never by its absolute path), the strategy and its options (the variant).
 NOT_PROTOCOL = frozenset({"experiment", "fold", "seed", "device", "num_processes", "score_batch_size", "dataset",
-                          "strategy", "strategy_options"})
+                          "strategy", "strategy_options", "score_shards"})
 # Protocol fields a full-label reference does not use: it trains once on every pool slice and scores nothing.
 AL_ONLY = frozenset({"rounds", "initial", "budget", "epochs_per_round", "mc_passes", "mc_dropout_p"})
 # and the one an AL experiment does not use: the reference's own schedule

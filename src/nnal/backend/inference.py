@@ -50,10 +50,23 @@ def packed_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     if p >= 1:
         return torch.zeros_like(x)
     n = x.numel()
-    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-    draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
+    draws = _packed_words(n, x.device).view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
     threshold = -(_DRAW_LEVELS // 2) + round(p * _DRAW_LEVELS)
     return x.masked_fill(draws < threshold, 0).mul_(1.0 / (1.0 - p))
+
+
+def _packed_words(n: int, device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The random words :func:`packed_dropout` draws for ``n`` elements (its only use of the generator)."""
+    size = ((n + 3) // 4,)
+    if out is not None:
+        return torch.randint(-(1 << 63), (1 << 63) - 1, size, out=out[:size[0]])
+    return torch.randint(-(1 << 63), (1 << 63) - 1, size, dtype=torch.int64, device=device)
+
+
+def skip_packed_dropout(n: int, p: float, device: torch.device, out: torch.Tensor | None = None) -> None:
+    """Advance the generator as :func:`packed_dropout` of ``n`` elements would, without the mask (a replay)."""
+    if 0 < p < 1:
+        _packed_words(n, device, out)
 
 
 def use_packed_dropout(net: torch.nn.Module, active: bool) -> None:
@@ -65,6 +78,11 @@ def use_packed_dropout(net: torch.nn.Module, active: bool) -> None:
                 module.forward = lambda x, m=module: packed_dropout(x, m.p) if m.training else x
             else:
                 module.__dict__.pop("forward", None)
+
+
+def draws_packed(module: torch.nn.Module) -> bool:
+    """Whether ``module`` draws through :func:`packed_dropout` now (:func:`use_packed_dropout`)."""
+    return "forward" in module.__dict__
 
 
 def set_dropout_p(net: torch.nn.Module, p: float) -> None:
@@ -85,6 +103,11 @@ def load_volume(folder: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     data = blosc2.open(urlpath=str(folder / f"{case}.b2nd"), mode="r")[:]
     seg = blosc2.open(urlpath=str(folder / f"{case}_seg.b2nd"), mode="r")[:][0]
     return np.asarray(data, dtype=np.float32), np.maximum(np.asarray(seg), 0).astype(np.int16)
+
+
+def volume_shape(folder: Path, case: str) -> tuple[int, ...]:
+    """``(c, z, y, x)`` of a preprocessed image, read from its header only."""
+    return tuple(blosc2.open(urlpath=str(folder / f"{case}.b2nd"), mode="r").shape)
 
 
 def padded_shape(shape: tuple[int, int], patch: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:

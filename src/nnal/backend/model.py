@@ -6,7 +6,7 @@ scores, predictions and Dice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,17 @@ class Model:
         self.mc_rows: int | None = None  # slices per MC forward (None: scoring.MC_ROWS); benchmarks vary it
 
     def scores(self, cases: CaseSlices, keys: set[str], *, mc_passes: int, batch_size: int, seed: int,
-               on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-        """Per-slice score arrays (``nnal.strategies.MODEL_SCORE_KEYS``) in the order of ``cases`` then slices."""
+               on_batch: Callable[[int], None] | None = None, after: Sequence[scoring.PlannedBatch] = ()
+               ) -> dict[str, np.ndarray]:
+        """Per-slice score arrays (``nnal.strategies.MODEL_SCORE_KEYS``) in the order of ``cases`` then slices;
+        ``after``: the batches scored before these in a single pass (a shard's, ``nnal.backend.shards``)."""
         return scoring.score_pool(self.network, self.plans, self.folder, cases, keys, mc_passes, batch_size,
-                                  self.device, seed, on_batch, mc_rows=self.mc_rows)
+                                  self.device, seed, on_batch, mc_rows=self.mc_rows, after=after)
+
+    def batch_plan(self, cases: CaseSlices, batch_size: int) -> list[scoring.PlannedBatch]:
+        """The batches every pass over ``cases`` forms (``scoring.batch_plan``), from the volumes' headers."""
+        patch = tuple(self.plans["configurations"][CONFIGURATION]["patch_size"])
+        return scoring.batch_plan(self.folder, cases, batch_size, patch, inference.total_stride(self.plans))
 
     def parameter_count(self, group: str) -> int:
         """Trainable parameters of a group: ``bottleneck`` (its last convolution), ``last-decoder-conv`` (the
@@ -61,16 +68,20 @@ class Model:
                loss: str = "log-likelihood") -> np.ndarray:
         """Diagonal empirical Fisher ``sum_i n_i g_i^2 / sum_i n_i`` of a parameter group over slices drawn
         ``counts`` times each, accumulated batch by batch: the per-sample gradients are never all held."""
+        return fold_fisher(self.fisher_parts(cases, counts, group=group, batch_size=batch_size, loss=loss), counts)
+
+    def fisher_parts(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int,
+                     loss: str = "log-likelihood") -> Iterator[torch.Tensor]:
+        """The Fisher's float64 numerator batch by batch, ``sum_b n_b g_b^2`` over each batch: a shard's share of
+        :meth:`fisher`, whose parts added in order make the single pass's sum bit for bit."""
         gradients.check_loss(loss)
         names = gradients.parameter_names(self.network, group)
         weights = torch.as_tensor(np.asarray(counts, dtype=np.float64))
-        total, start = None, 0
+        start = 0
         for batch, mask in self._batches(cases, batch_size):
-            part = gradients.per_sample_square_sums(self.network, batch.to(self.device), mask.to(self.device), names,
-                                                    weights[start:start + len(batch)], loss)
-            total = part if total is None else total + part
+            yield gradients.per_sample_square_sums(self.network, batch.to(self.device), mask.to(self.device), names,
+                                                   weights[start:start + len(batch)], loss)
             start += len(batch)
-        return (total / weights.sum()).cpu().numpy()
 
     def _batches(self, cases: CaseSlices, batch_size: int):
         """The slices zero-padded (centred) into batches, with their valid masks (``scoring.pooled_batches``)."""
@@ -97,6 +108,14 @@ class Model:
             if on_case is not None:
                 on_case()
         return rows
+
+
+def fold_fisher(parts: Iterable[torch.Tensor], counts: np.ndarray) -> np.ndarray:
+    """The diagonal Fisher from its per-batch parts (:meth:`Model.fisher_parts`), added in order, over the draws."""
+    total = None
+    for part in parts:
+        total = part if total is None else total + part
+    return (total / torch.as_tensor(np.asarray(counts, dtype=np.float64)).sum()).cpu().numpy()
 
 
 def weights_to_bytes(weights: Mapping[str, torch.Tensor], **meta: object) -> bytes:

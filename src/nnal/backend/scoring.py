@@ -6,8 +6,9 @@ The pool's probability maps are never held: each batch is reduced to scalars (or
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,11 +16,14 @@ import torch
 from nnal.backend.gradients import head_gradient_embeddings
 from nnal.backend.inference import (
     centred_window,
+    draws_packed,
     load_volume,
     padded_shape,
     set_dropout,
+    skip_packed_dropout,
     total_stride,
     use_packed_dropout,
+    volume_shape,
 )
 from nnal.backend.planning import CONFIGURATION
 
@@ -107,6 +111,36 @@ def pooled_batches(folder: Path, cases: Iterable[tuple[str, np.ndarray]], batch_
         yield _stack(images, masks)
 
 
+class PlannedBatch(NamedTuple):
+    """One batch of :func:`pooled_batches`, known from the volumes' headers: ``(c, H, W)`` and its slices."""
+
+    shape: tuple[int, int, int]
+    size: int
+
+
+def batch_plan(folder: Path, cases: Iterable[tuple[str, np.ndarray]], batch_size: int, patch: tuple[int, int],
+               stride: tuple[int, int]) -> list[PlannedBatch]:
+    """The batches :func:`pooled_batches` forms from ``cases``, by the same rule, without reading any image: a
+    shard of a sharded scoring pass (``nnal.backend.shards``) starts on a batch boundary of the single pass."""
+    plan: list[PlannedBatch] = []
+    size, current, channels = 0, None, 0
+    for case, slices in cases:
+        c, _, h, w = volume_shape(folder, case)
+        target = padded_shape((h, w), patch, stride)
+        if current is not None and target != current and size:
+            plan.append(PlannedBatch((channels, *current), size))
+            size = 0
+        current, channels = target, c
+        for _ in range(len(np.asarray(slices))):
+            size += 1
+            if size == batch_size:
+                plan.append(PlannedBatch((channels, *current), size))
+                size = 0
+    if size:
+        plan.append(PlannedBatch((channels, *current), size))
+    return plan
+
+
 def _stack(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
 
@@ -155,14 +189,64 @@ def mc_probabilities(net: torch.nn.Module, batch: torch.Tensor, passes: int, row
     forward is ``passes`` independent dropout samples, with fewer, larger convolutions (what CPUs and GPUs run
     fastest). Instance norm works per slice, so slices never interact.
     """
-    default = MC_ROWS if batch.device.type == "cuda" else len(batch)
-    per_forward = max(1, (rows or default) // max(1, len(batch)))
     out = []
-    for start in range(0, passes, per_forward):
-        n = min(per_forward, passes - start)
+    for n in mc_forwards(len(batch), passes, rows, batch.device):
         logits = net(batch.repeat(n, 1, 1, 1)).float()
         out.append(logits.softmax(1).reshape(n, len(batch), *logits.shape[1:]))
     return torch.cat(out)
+
+
+def mc_forwards(batch_len: int, passes: int, rows: int | None, device: torch.device) -> list[int]:
+    """How many of the ``passes`` each MC forward of a ``batch_len``-slice batch stacks (:func:`mc_probabilities`)."""
+    default = MC_ROWS if device.type == "cuda" else batch_len
+    per_forward = max(1, (rows or default) // max(1, batch_len))
+    return [min(per_forward, passes - start) for start in range(0, passes, per_forward)]
+
+
+def replay_mc_draws(net: torch.nn.Module, after: Sequence[PlannedBatch], passes: int, rows: int | None,
+                    device: torch.device) -> None:
+    """Advance torch's generator as the MC passes of the batches ``after`` would, without their forwards.
+
+    A scoring pass seeds once and draws its MC-dropout masks batch after batch, so a batch's masks depend on the
+    batches before it. A shard that starts at batch k of the single pass replays the draws of batches 0..k-1
+    (each dropout module's draw for its input's shape, found by one dropout-free forward per padded shape) and then
+    draws exactly the masks the single pass drew: its scores are the single pass's, bit for bit on the CPU. The
+    replay costs the random words alone, about a tenth of those batches' MC passes on the CPU.
+    """
+    calls: dict[tuple[int, int, int], list[tuple[torch.nn.Module, tuple[int, ...], torch.dtype]]] = {}
+    words = None
+    for planned in after:
+        if planned.shape not in calls:
+            calls[planned.shape] = _dropout_inputs(net, planned.shape, device)
+        for n in mc_forwards(planned.size, passes, rows, device):
+            for module, shape, dtype in calls[planned.shape]:
+                numel = n * planned.size * math.prod(shape)
+                if draws_packed(module):  # the words alone: masks would cost four times as much
+                    if words is None or len(words) < (numel + 3) // 4:
+                        words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device)
+                    skip_packed_dropout(numel, module.p, device, words)
+                else:  # torch's own dropout: the same call on an input of the same shape, whose values it ignores
+                    module.train(True)
+                    module(torch.empty((n * planned.size, *shape), dtype=dtype, device=device))
+                    module.train(False)
+
+
+def _dropout_inputs(net: torch.nn.Module, shape: tuple[int, int, int], device: torch.device
+                    ) -> list[tuple[torch.nn.Module, tuple[int, ...], torch.dtype]]:
+    """Each dropout call of one forward of a ``shape`` slice, in order: the module, its input's per-slice shape and
+    dtype. The forward runs with dropout off, drawing nothing."""
+    seen: list[tuple[torch.nn.Module, tuple[int, ...], torch.dtype]] = []
+    modules = [m for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, tuple(args[0].shape[1:]), args[0].dtype)))
+             for m in modules]
+    set_dropout(net, False)
+    try:
+        with _amp(device):
+            net(torch.zeros((1, *shape), device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
 
 
 def _amp(device: torch.device):
@@ -175,11 +259,12 @@ def _amp(device: torch.device):
 def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
                keys: set[str], mc_passes: int, batch_size: int, device: torch.device, seed: int,
                on_batch: Callable[[int], None] | None = None, *, feature_dim: int = FEATURE_DIM,
-               mc_rows: int | None = None) -> dict[str, np.ndarray]:
+               mc_rows: int | None = None, after: Sequence[PlannedBatch] = ()) -> dict[str, np.ndarray]:
     """Score the given slices of each case; arrays come back in the order of ``cases`` then slices.
 
     ``features``: the flattened bottleneck on the fixed grid (:func:`bottleneck_on_grid`), projected to
-    ``feature_dim`` entries when longer; ``pooled_features``: the bottleneck's global average.
+    ``feature_dim`` entries when longer; ``pooled_features``: the bottleneck's global average. ``after``: the
+    batches a single pass would have scored before these slices (a shard's, :func:`replay_mc_draws`).
     """
     unknown = set(keys) - KNOWN_KEYS
     if unknown:
@@ -203,6 +288,8 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     use_packed_dropout(net, device.type == "cpu")
     try:
+        if after and keys & MC_KEYS:
+            replay_mc_draws(net, after, mc_passes, mc_rows, device)
         for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
             batch, mask = batch.to(device), mask.to(device)
             if keys & DETERMINISTIC_KEYS:

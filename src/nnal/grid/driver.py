@@ -15,10 +15,11 @@ from nnal.errors import ConfigError, EnvironmentProblem
 from nnal.experiment import atomic_write_text
 from nnal.grid.checks import check_datasets, check_output, check_settings_of
 from nnal.grid.progress import Progress, preparation_steps
-from nnal.grid.run import BACKENDS, GridRun, plan, run_local, signals_as_interrupts, write_status
+from nnal.grid.run import BACKENDS, GridRun, plan, run_local, write_status
 from nnal.grid.spec import GridSpec, expand, load_grid
 from nnal.preflight import check_device, check_writable_folder
 from nnal.provenance import git_commit
+from nnal.ray_session import signals_as_interrupts
 from nnal.run_output import usable_cores
 
 EXECUTORS = ("ray", "local")

@@ -14,17 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from nnal.errors import EnvironmentProblem
 from nnal.grid.progress import Progress
-from nnal.grid.run import GridRun, Step, experiment_step, prepare_step, record, signals_as_interrupts
+from nnal.grid.run import GridRun, Step, experiment_step, prepare_step, record
+from nnal.ray_session import WORKER_NICENESS, Descendants, signals_as_interrupts
 from nnal.run_output import usable_cores
 
 CLUSTER_PROBE_SECONDS = 5.0
-# Ray starts its workers at nice 15, so a grid gets almost no CPU while anything else runs on the machine (a grid
-# started under load waited minutes at preparation); a local instance's workers run at the driver's priority
-WORKER_NICENESS = "0"
 
 
 def check_cluster(address: str, timeout: float = CLUSTER_PROBE_SECONDS) -> str:
@@ -78,7 +74,7 @@ def run_ray(steps: list[Step], run: GridRun, progress: Progress, threads: int, g
             os.environ.setdefault("RAY_worker_niceness", WORKER_NICENESS)
             ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1")
-    started = _Descendants() if started_here and not run.address else None
+    started = Descendants() if started_here and not run.address else None
     refs: dict[str, Any] = {}
     try:
         with signals_as_interrupts():  # again: ray.init installs a SIGTERM handler of its own (exit code 1)
@@ -124,44 +120,3 @@ def _collect(ray, steps: list[Step], run: GridRun, progress: Progress, refs: dic
             else:
                 record(run, step, "done", seconds=result.get("seconds") if isinstance(result, dict) else None)
         progress.update()
-
-
-class _Descendants:
-    """Every process the local Ray instance started (GCS, raylet, workers and what they spawned), remembered
-    while they are our descendants, so that those still alive at the end are killed even if a parent died first."""
-
-    def __init__(self) -> None:
-        self.me = psutil.Process()
-        self.seen: dict[int, psutil.Process] = {}
-        self.remember()
-
-    def remember(self) -> None:
-        try:
-            for child in self.me.children(recursive=True):
-                self.seen.setdefault(child.pid, child)
-        except psutil.Error:
-            pass
-
-    def end(self, grace: float = 5.0) -> None:
-        self.remember()
-        alive = [p for p in self.seen.values() if _alive(p)]
-        for proc in alive:
-            _quietly(proc.terminate)
-        _, still = psutil.wait_procs(alive, timeout=grace)
-        for proc in still:
-            _quietly(proc.kill)
-        psutil.wait_procs(still, timeout=grace)
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:  # is_running also checks the pid was not reused by an unrelated process
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _quietly(action: Callable[[], None]) -> None:
-    try:
-        action()
-    except psutil.Error:
-        pass

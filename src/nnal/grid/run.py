@@ -10,11 +10,9 @@ skipped and cut-short ones resume (the experiment folders are the record); a fai
 from __future__ import annotations
 
 import os
-import signal
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,23 +142,6 @@ def round0_config(config: dict, group: str) -> dict:
 
 
 # --- executors ---------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt as Ctrl-C does, so the executors clean up (cancel, shut down) for both."""
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (a grid run from a library call): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_local(steps: list[Step], run: GridRun, progress: Progress) -> None:

@@ -22,6 +22,15 @@ def row_blocks(n: int, cols: int, chunk_elements: int = CHUNK_ELEMENTS) -> Itera
         yield slice(start, min(start + step, n))
 
 
+def all_finite(arr: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> bool:
+    """Whether every entry of ``arr`` is finite, checked block by block: at Liver scale a whole-array mask of a
+    score array would be a gigabyte (and reads the pages of a memory-mapped array once, in order)."""
+    if arr.ndim == 0:
+        return bool(np.isfinite(arr))
+    cols = int(np.prod(arr.shape[1:]))
+    return all(np.isfinite(arr[rows]).all() for rows in row_blocks(len(arr), cols, chunk_elements))
+
+
 def finite_array(arr: object, name: str, ndim: int, nonnegative: bool = False) -> np.ndarray:
     """A real ``ndim``-dimensional array without NaN or inf (and >= 0 when asked), checked block by block."""
     out = np.asarray(arr)
@@ -80,7 +89,7 @@ def check_scores(scores: Mapping[str, np.ndarray], needs: tuple[str, ...]) -> np
         rows = len(scores["candidates"]) if key in CANDIDATE_ROWS and "candidates" in scores else len(ids)
         if arr.shape[0] != rows:
             raise ValueError(f"scores[{key!r}] has {arr.shape[0]} rows, expected {rows}")
-        if not np.isfinite(arr).all():
+        if not all_finite(arr):
             raise ValueError(f"scores[{key!r}] contains NaN or inf")
     return ids
 

@@ -199,7 +199,8 @@ def sample_parameters(fisher: np.ndarray, k: int, rng: np.random.Generator) -> n
     Successive sampling (Efraimidis-Spirakis: the k smallest Exp(1) / F_i). If fewer than k parameters have
     non-zero Fisher, all of them are taken and the rest is uniform without replacement over the zero ones.
     """
-    f = _finite(fisher, "fisher", 1, nonnegative=True).astype(np.float64)
+    # float64 without a copy when it is one already: the network's Fisher is 46 M entries at Liver scale
+    f = np.asarray(_finite(fisher, "fisher", 1, nonnegative=True), dtype=np.float64)
     k = min(_count(k, "k"), len(f))
     if k == 0:
         return np.empty(0, dtype=np.int64)
@@ -207,7 +208,8 @@ def sample_parameters(fisher: np.ndarray, k: int, rng: np.random.Generator) -> n
     if len(nonzero) <= k:
         rest = rng.choice(np.flatnonzero(f == 0), size=k - len(nonzero), replace=False)
         return np.sort(np.concatenate((nonzero, rest))).astype(np.int64)
-    keys = rng.standard_exponential(len(nonzero)) / f[nonzero]
+    keys = rng.standard_exponential(len(nonzero))
+    keys /= f if len(nonzero) == len(f) else f[nonzero]  # in place: the same keys, one temporary fewer
     return np.sort(nonzero[np.argpartition(keys, k - 1)[:k]]).astype(np.int64)
 
 
@@ -344,6 +346,7 @@ def usimf_prepare(model: ModelLike, pool: PoolView, scores: Scores, rng: np.rand
     fisher = model.fisher(pool.cases_of(unique), counts, group=fisher_group, batch_size=pool.batch_size, loss=loss)
     index = sample_parameters(fisher, min(embedding_dim, len(fisher)), rng)
     out["fisher"] = fisher[index].astype(np.float32)
+    del fisher  # the whole network's diagonal (370 MB at Liver scale) is not needed through the pool's pass
     cases = pool.cases if kept is None else pool.cases_of(kept)
     out["grad_embeddings"] = model.gradient_embeddings(cases, group=fisher_group, index=index,
                                                        batch_size=pool.batch_size, loss=loss, on_batch=pool.on_batch)
