@@ -42,7 +42,7 @@ xvfb:
 		libgl1-mesa-dri libegl1 libx11-6 libfontconfig1 libfreetype6 libglib2.0-0 libdbus-1-3 libxkbcommon0 >/dev/null)
 
 test: setup $(VIEWER) chromium xvfb
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30
 	$(VENV)/bin/ruff check src tests benchmarks
 
 lint: setup

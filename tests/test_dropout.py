@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from nnal.backend import training
+from nnal.backend.runtime import nnunet_environment
 from nnal.backend.session import Backend
 from nnal.config import Config
 from nnal.dataset import load_dataset
@@ -44,8 +45,9 @@ def _trained_network(backend: Backend, tmp_path: Path) -> torch.nn.Module:
     fold = backend.splits[0]
     labeled = {sorted(fold["train"])[0]: np.arange(3)}
     schedule = training.Schedule(1, 1, 4, 1e-2, augmentation=False)
-    trainer = training.make_trainer(backend.plans, backend.dataset_json, 0, labeled, schedule, tmp_path / "log",
-                                    backend.device, seed=0)
+    with nnunet_environment(backend.root, 0):  # nnU-Net's trainer wants its results folder set
+        trainer = training.make_trainer(backend.plans, backend.dataset_json, 0, labeled, schedule, tmp_path / "log",
+                                        backend.device, seed=0)
     return trainer.network
 
 

@@ -67,9 +67,12 @@ def backend(tmp_path_factory):
 
 
 def schedule(heads: str | None, lr: float) -> SimpleNamespace:
-    """The fields Backend.train reads from a config; no ``finetune_heads`` field reads as the default."""
-    fields = dict(iterations_per_epoch=3, batch_size=8, initial_lr=lr, augmentation=False)
-    return SimpleNamespace(**fields) if heads is None else SimpleNamespace(**fields, finetune_heads=heads)
+    """The fields Backend.train reads from a config; ``heads`` None: the config's default ``finetune_heads``."""
+    from nnal.config import Config
+
+    default = Config.model_fields["finetune_heads"].default
+    return SimpleNamespace(iterations_per_epoch=3, batch_size=8, initial_lr=lr, augmentation=False,
+                           finetune_heads=default if heads is None else heads)
 
 
 def labeled_set(backend) -> dict[str, np.ndarray]:

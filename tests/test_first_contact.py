@@ -125,3 +125,17 @@ def test_grid_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     result = run_cli(["grid", EXAMPLES / "hippocampus-cpu-grid.yaml", "--output", tmp_path / "out"])
     assert_one_line_error(result, ["Ray", "pip install", "[grid]"])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_prints_its_reports_verdict(tmp_path, monkeypatch, capsys):
+    """The demo's last lines are the report's answer (which strategy, by how much), as nnal report and grid print it."""
+    import nnal.demo
+    from nnal.analysis.verdict import VERDICT_FILE
+    from nnal.backend.fake import fake_backend
+
+    real = nnal.demo.run_experiment
+    monkeypatch.setattr(nnal.demo, "run_experiment", lambda *a, **k: real(*a, **k, backend_factory=fake_backend))
+    nnal.demo.run_demo(tmp_path / "out", progress=False)
+    printed = capsys.readouterr().out.splitlines()
+    verdict = (tmp_path / "out" / "report" / VERDICT_FILE).read_text().splitlines()
+    assert verdict and printed[-len(verdict):] == verdict

@@ -9,6 +9,7 @@ import pandas as pd
 
 from nnal.analysis.extras import build_full_report
 from nnal.analysis.tables import dice_table
+from nnal.analysis.verdict import report_verdict
 from nnal.config import Config
 from nnal.errors import DatasetError
 from nnal.loop import run_experiment
@@ -49,4 +50,6 @@ def run_demo(output: Path, progress: bool = True) -> pd.DataFrame:
     print(dice_table(results))
     print(f"results: {output / 'results.csv'}")
     print(f"report:  {page}  ({time.perf_counter() - start:.0f} s in all)")
+    for line in report_verdict(page):  # the report's answer, also where no browser opens the page
+        print(line)
     return results

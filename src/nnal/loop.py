@@ -14,7 +14,8 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from nnal.preflight import (
     is_preprocessed,
 )
 from nnal.provenance import git_commit
+from nnal.ray_session import require_ray
 from nnal.run_output import Emit, bar, pass_counter, summary
 from nnal.strategies import PoolView, Strategy, get_strategy
 
@@ -82,14 +84,16 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
     identity = fingerprint(dataset)
     folder.check_dataset(identity)
     check_device(config.device)
+    if config.score_shards > 1:
+        require_ray(f"score_shards: {config.score_shards}")
     prepared = is_preprocessed(dataset, cache)
     check_disk(dataset, cache, cache_ready=prepared, output=folder.root)
     say = emit or (lambda _line: None)
-    for line in summary(config, dataset, _known_split(config, dataset, cache, backend_factory), cache, prepared):
-        say(line)
 
-    with folder.lock():
+    with folder.lock():  # first: a folder another process holds is one line, with no summary before it
         config = folder.reconcile(config)  # again under the lock: another process may have started it meanwhile
+        for line in summary(config, dataset, _known_split(config, dataset, cache, backend_factory), cache, prepared):
+            say(line)
         folder.write_config(config)
         folder.write_fingerprint(identity)
         if results_need_rebuild(folder):  # derived from the rounds' metrics
@@ -120,8 +124,10 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
             lost = not folder.done(r, "select") and not scores_readable(folder, r)
             if r > 0 and (not folder.done(r, "score") or lost):
                 t = time.perf_counter()
-                scores = _score(backend.model(weights), config, strategy, pool, unlabeled, labeled, r, progress)
+                with scoring_model(backend, weights, config, folder.checkpoint_file(r - 1), say) as model:
+                    scores = _score(model, config, strategy, pool, unlabeled, labeled, r, progress)
                 folder.write_scores(r, scores)
+                del scores  # select reads them back, mapped from the file: no second copy (GBs at Liver scale)
                 folder.finish(r, "score", time.perf_counter() - t)
 
             # 2. select: the initial random set in round 0, the strategy afterwards; the oracle reveals them
@@ -326,6 +332,19 @@ def _score(model, config: Config, strategy: Strategy, pool: SlicePool, unlabeled
         counter = pass_counter(slices, len(unlabeled), f"{config.experiment} {what}")
         view = pool_view(config, pool, unlabeled, labeled, r, counter)
         return strategy.score(model, view, config.strategy_options)
+
+
+@contextmanager
+def scoring_model(backend, weights, config: Config, checkpoint: Path, say: Emit) -> Iterator[Any]:
+    """The round's model for its scoring phase: in this process, or ``config.score_shards`` shards on Ray, scoring
+    the same numbers (:mod:`nnal.backend.shards`; torch loads there only)."""
+    if config.score_shards == 1:
+        yield backend.model(weights)
+        return
+    from nnal.backend.shards import ShardedModel
+
+    with ShardedModel(backend, weights, checkpoint, config.score_shards, say=say) as model:
+        yield model
 
 
 def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: SlicePool, unlabeled: np.ndarray,
