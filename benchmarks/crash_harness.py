@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--at", nargs="*", default=None, help="named targets (phases) instead")
     parser.add_argument("--report-points", type=int, default=2, help="kills of `nnal report`")
     parser.add_argument("--cases", type=int, default=12, help="bundled cases in the tiny dataset")
+    parser.add_argument("--rounds", type=int, default=TINY["rounds"], help="selection rounds of the tiny run")
     parser.add_argument("--work", type=Path, default=Path("/tmp/nnal-crash-harness"))
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     args = parser.parse_args(argv)
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(args.work, ignore_errors=True)
     dataset = make_dataset(args.work / "data" / "Task04_Hippocampus", args.cases)
     config = args.work / "config.yaml"
-    config.write_text(yaml.safe_dump({"dataset": str(dataset), **TINY}))
+    settings = {**TINY, "rounds": args.rounds}
+    config.write_text(yaml.safe_dump({"dataset": str(dataset), **settings}))
     reference = args.work / "reference"
     start = time.perf_counter()
     run(command(config, reference, args.work / "reference-cache"))
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.at is not None:
         targets = [(t, 0.0) for t in args.at]
     elif args.spread == "phases":
-        targets = phase_targets(reference, args.points, TINY["rounds"])
+        targets = phase_targets(reference, args.points, args.rounds)
     else:
         targets = [(f"t={total * (i + 0.5) / args.points:.2f}s", 0.0) for i in range(args.points)]
     points = []
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"reference_seconds": round(total, 1), "points": [asdict(p) for p in points],
                "identical": sum(p.identical for p in points), "of": len(points),
                "phases_hit": sorted({p.hit for p in points}), "report_points": report_points,
-               "config": TINY, "cases": args.cases, "environment": _versions()}
+               "config": settings, "cases": args.cases, "environment": _versions()}
     print(f"{summary['identical']} of {summary['of']} resumes identical; "
           f"phases hit: {', '.join(summary['phases_hit'])}")
     if args.json is not None:

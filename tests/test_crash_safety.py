@@ -30,11 +30,14 @@ def _harness():
 
 
 @pytest.mark.slow
-def test_sigkill_in_preprocessing_training_scoring_and_report_then_resume(tmp_path):
-    targets = ["train:0", "preprocess", "score:1"]  # the odd point shares its half-made cache with a 2nd experiment
-    summary = _harness().main(["--at", *targets, "--report-points", "1", "--cases", "10", "--work", str(tmp_path)])
+def test_sigkill_in_preprocessing_scoring_and_report_then_resume(tmp_path):
+    # the odd point shares its half-made cache with a 2nd experiment; a kill in training is
+    # test_loop_integration's (mid-round), the harness's own runs kill every phase (results/crash-harness.json)
+    targets = ["score:1", "preprocess"]
+    summary = _harness().main(["--at", *targets, "--report-points", "1", "--cases", "8", "--rounds", "1",
+                                "--work", str(tmp_path)])
     assert [p["hit"] for p in summary["points"]] == targets
-    assert summary["identical"] == summary["of"] == 3, summary["points"]
+    assert summary["identical"] == summary["of"] == 2, summary["points"]
     assert summary["points"][1]["shared_identical"] is True
     assert all(p["identical_tables"] for p in summary["report_points"])
 

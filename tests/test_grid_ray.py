@@ -107,3 +107,23 @@ def test_an_interrupted_ray_grid_leaves_no_process_behind(signum, tmp_path, toy_
     assert proc.wait(timeout=120) == 130, "".join(lines)
     gone, alive = psutil.wait_procs(started, timeout=30)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+
+
+BYSTANDER = """
+import subprocess, sys, time
+from nnal.ray_session import ray_instance
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with ray_instance():
+    time.sleep(1.0)
+print(helper.pid, helper.poll(), flush=True)
+helper.kill()
+"""
+
+
+def test_a_local_ray_instance_ends_its_own_processes_and_no_other():
+    """What ran below the driver before Ray started (an X server a test holds, a user's helper) outlives the
+    instance: once, every descendant was killed with Ray's, and the test process lost its X display (exit 1)."""
+    result = subprocess.run([sys.executable, "-c", BYSTANDER], capture_output=True, text=True, timeout=PREPARE_TIMEOUT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pid, returncode = result.stdout.split()
+    assert returncode == "None", "the helper started before Ray was killed with Ray's processes"

@@ -79,8 +79,11 @@ def test_an_unknown_id_is_one_line_and_writes_nothing(user_nnunet, tmp_path):
 
 @pytest.mark.slow
 def test_run_by_dataset_name_keeps_its_id_and_leaves_the_users_nnunet_alone(user_nnunet, tmp_path):
+    schedule = tmp_path / "schedule.yaml"  # a few iterations: what is checked is where files go, not the model
+    schedule.write_text(yaml.safe_dump({"batch_size": 4, "iterations_per_epoch": 2, "epochs_initial": 1}))
     before = {name: snapshot(folder) for name, folder in user_nnunet.items()}
-    result = run_cli(["run", "--dataset", "Dataset004_Hippocampus", "--output", tmp_path / "exp", *TINY])
+    result = run_cli(["run", "--dataset", "Dataset004_Hippocampus", "--output", tmp_path / "exp", *TINY,
+                      "--config", schedule])
     assert result.exit_code == 0, result.output
     assert {name: snapshot(folder) for name, folder in user_nnunet.items()} == before
     assert {name: os.environ[name] for name in user_nnunet} == {n: str(f) for n, f in user_nnunet.items()}

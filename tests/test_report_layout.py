@@ -32,6 +32,16 @@ GRID = [("random", {}), ("entropy", {}), ("bald", {}), ("coreset", {}), ("usimf"
 LONG_NAME = "MC-dropout uncertainty (sum of class std)"  # what nnal report passes: titles used to run together
 
 
+@pytest.fixture(autouse=True)
+def matplotlib_defaults():
+    """The figures as build_report draws them, with matplotlib's defaults: a test that trained nnU-Net earlier in
+    the process leaves seaborn's global style (font_scale=2.5) behind."""
+    import matplotlib
+
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        yield
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """{"grid": 6 variants x 3 seeds, "demo": random and usimf, one seed} (read only)."""

@@ -69,10 +69,11 @@ def ray_instance(gpu_ids: Sequence[str] | None = None) -> Iterator[Any]:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
         os.environ.setdefault("RAY_worker_niceness", WORKER_NICENESS)
+        existing = descendant_pids()
         with _visible_gpus(gpu_ids):  # Ray hands out the GPUs it saw at its start
             ray.init(num_cpus=usable_cores(), num_gpus=None if gpu_ids is None else len(gpu_ids),
                      include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-        started = Descendants()
+        started = Descendants(existing)
     try:
         with signals_as_interrupts():  # again: ray.init installs a SIGTERM handler of its own (exit code 1)
             yield ray
@@ -164,21 +165,39 @@ def _collect(ray: Any, ref: Any, i: int, results: dict[int, Any], on_result: Cal
     return True
 
 
+def descendant_pids() -> set[int]:
+    """The processes below this one now: taken before ``ray.init`` so that :class:`Descendants` leaves them alone."""
+    try:
+        return {child.pid for child in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
 class Descendants:
     """Every process a local Ray instance started (GCS, raylet, workers and what they spawned), remembered
-    while they are our descendants, so that those still alive at the end are killed even if a parent died first."""
+    while they are our descendants, so that those still alive at the end are killed even if a parent died first.
 
-    def __init__(self) -> None:
+    Only Ray's: the processes below this one that were not there before ``ray.init`` (``existing``), and what
+    they spawn. Anything else this process runs (an X server a test holds, a user's helper) is not touched."""
+
+    def __init__(self, existing: set[int]) -> None:
         self.me = psutil.Process()
+        self.existing = set(existing)
         self.seen: dict[int, psutil.Process] = {}
+        try:
+            self.roots = [p for p in self.me.children(recursive=True) if p.pid not in self.existing]
+        except psutil.Error:
+            self.roots = []
         self.remember()
 
     def remember(self) -> None:
-        try:
-            for child in self.me.children(recursive=True):
-                self.seen.setdefault(child.pid, child)
-        except psutil.Error:
-            pass
+        for root in self.roots:
+            self.seen.setdefault(root.pid, root)
+            try:
+                for child in root.children(recursive=True):
+                    self.seen.setdefault(child.pid, child)
+            except psutil.Error:
+                pass
 
     def end(self, grace: float = 5.0) -> None:
         self.remember()

@@ -133,11 +133,17 @@ def write_proposal(output: Path, curve: pd.DataFrame, regimes: list[Regime], cur
 
 def _plot(curve: pd.DataFrame, regimes: list[Regime], path: Path) -> None:
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own (no pyplot, no global backend) drawn with matplotlib's defaults: nnU-Net's training
+    # changes the global style of a process (seaborn.set(font_scale=2.5))
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        fig = Figure(figsize=(7, 4), layout="constrained")
+        _draw_curve(fig.add_subplot(), curve, regimes)
+        fig.savefig(path, dpi=110)
 
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+
+def _draw_curve(ax, curve: pd.DataFrame, regimes: list[Regime]) -> None:
     ax.errorbar(curve["n_labeled"], curve["dice_mean"], yerr=curve["dice_std"].fillna(0), marker="o",
                 label="random (mean ± SD over seeds)")
     ax.axhline(curve["reference"].iloc[0], ls="--", color="black", label="full-label reference")
@@ -148,8 +154,6 @@ def _plot(curve: pd.DataFrame, regimes: list[Regime], path: Path) -> None:
     ax.set_xlabel("labeled slices (log scale)")
     ax.set_ylabel("mean foreground Dice")
     ax.legend(fontsize=8, loc="lower right")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def pool_upper_bound(dataset, pool_cases: list[str]) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from nnal.errors import EnvironmentProblem
 from nnal.grid.progress import Progress
 from nnal.grid.run import GridRun, Step, experiment_step, prepare_step, record
-from nnal.ray_session import WORKER_NICENESS, Descendants, signals_as_interrupts
+from nnal.ray_session import WORKER_NICENESS, Descendants, descendant_pids, signals_as_interrupts
 from nnal.run_output import usable_cores
 
 CLUSTER_PROBE_SECONDS = 5.0
@@ -67,6 +67,7 @@ def run_ray(steps: list[Step], run: GridRun, progress: Progress, threads: int, g
     import ray
 
     started_here = not ray.is_initialized()
+    existing = descendant_pids()
     if started_here:
         if run.address:
             ray.init(address=run.address, log_to_driver=False)
@@ -74,7 +75,7 @@ def run_ray(steps: list[Step], run: GridRun, progress: Progress, threads: int, g
             os.environ.setdefault("RAY_worker_niceness", WORKER_NICENESS)
             ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1")
-    started = Descendants() if started_here and not run.address else None
+    started = Descendants(existing) if started_here and not run.address else None
     refs: dict[str, Any] = {}
     try:
         with signals_as_interrupts():  # again: ray.init installs a SIGTERM handler of its own (exit code 1)
