@@ -225,6 +225,21 @@ def test_a_checkpoint_missing_or_changed_during_a_sharded_score_is_one_line(loca
         ShardedModel(backend, weights, checkpoint, 2).__enter__()
 
 
+def test_run_shards_never_cancels_a_task_that_came_back(local_ray, monkeypatch):
+    """A cancel that meets a task's completion aborts the driver in Ray 2.60 (exit code 1, "Tried to complete
+    task that was not pending"): it ended a whole pytest run. Tasks back with a result or an error are left alone."""
+    from nnal.ray_session import run_shards
+
+    cancelled: list = []
+    real_cancel = local_ray.cancel
+    monkeypatch.setattr(local_ray, "cancel", lambda ref, **kw: (cancelled.append(ref), real_cancel(ref, **kw)))
+    assert run_shards(local_ray, local_ray.remote(json.dumps), [(i,) for i in range(4)], json.dumps,
+                      grace=WAIT) == ["0", "1", "2", "3"]
+    failing = local_ray.remote(json.dumps)  # a set is not JSON: each task fails and its shard is scored here
+    assert run_shards(local_ray, failing, [({i},) for i in range(3)], str, grace=WAIT) == ["0", "1", "2"]
+    assert cancelled == []
+
+
 def test_run_shards_scores_here_what_ray_cannot_and_raises_a_users_mistake(local_ray):
     from nnal.ray_session import run_shards
 

@@ -114,6 +114,7 @@ def run_shards(ray: Any, task: Any, calls: Sequence[tuple], here: Callable[[int]
     refs = {i: task.remote(*calls[i]) for i in range(1, len(calls))}
     results: dict[int, Any] = {}
     lost: set[int] = set()
+    finished: set[int] = set()  # back from Ray, with a result or an error: never cancelled (see below)
     try:
         patience = _timed(here, 0, results, on_result, grace)
         idle_since = time.monotonic()
@@ -121,21 +122,28 @@ def run_shards(ray: Any, task: Any, calls: Sequence[tuple], here: Callable[[int]
             pending = {refs[i]: i for i in sorted(refs) if i not in results and i not in lost}
             if pending:
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_SECONDS)
+                finished |= {pending[ref] for ref in ready}
                 lost |= {pending[ref] for ref in ready if not _collect(ray, ref, pending[ref], results, on_result,
                                                                        say)}
             left = [i for i in refs if i not in results]
             if not left or (not lost & set(left) and time.monotonic() - idle_since < patience):
                 continue
             last = max(lost & set(left)) if lost & set(left) else max(left)
-            if last not in lost:
+            if last not in lost:  # a lost shard's task is over: nothing to cancel
+                if ray.wait([refs[last]], timeout=0)[0]:
+                    continue  # back just now: collected on the next pass
                 say(f"shard {last} not back {patience:.0f} s after this process scored its own: scored here instead")
-            ray.cancel(refs[last], force=True)
+                ray.cancel(refs[last], force=True)
+                finished.add(last)
             patience = _timed(here, last, results, on_result, grace)
             idle_since = time.monotonic()
     finally:
-        for ref in refs.values():  # a no-op for finished tasks; kills the worker of a running one
+        # Only the tasks still out: cancelling one whose result is in can crash this process (Ray 2.60's driver
+        # aborts with exit code 1, "Tried to complete task that was not pending", when a cancel meets the
+        # task's completion), and it kills the worker of a running one.
+        for i in sorted(set(refs) - finished):
             try:
-                ray.cancel(ref, force=True)
+                ray.cancel(refs[i], force=True)
             except Exception:  # noqa: BLE001 - best effort: the shards' results are in, or an error is on its way
                 pass
     return [results[i] for i in range(len(calls))]

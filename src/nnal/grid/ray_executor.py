@@ -82,8 +82,8 @@ def run_ray(steps: list[Step], run: GridRun, progress: Progress, threads: int, g
             _submit(ray, steps, run, threads, gpus, refs)
             _collect(ray, steps, run, progress, refs, on_poll=started.remember if started else lambda: None)
     finally:
-        for ref in refs.values():  # a no-op for finished tasks; kills the worker of a running one
-            try:
+        for ref in refs.values():  # the unfinished steps' (_collect drops the others: cancelling a finished
+            try:                      # task can abort this process in Ray 2.60); kills the worker of a running one
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort: shutting down must go on
                 pass
@@ -112,6 +112,7 @@ def _collect(ray, steps: list[Step], run: GridRun, progress: Progress, refs: dic
         ready, pending = ray.wait(pending, num_returns=1, timeout=2.0)
         for ref in ready:
             step = kinds[by_ref[ref]]
+            del refs[step.key]
             try:
                 result = ray.get(ref)
             except Exception as err:  # noqa: BLE001 - one step's failure is recorded, the others go on
