@@ -147,6 +147,32 @@ def test_scores_lost_before_their_selection_are_scored_again(tmp_path, toy_datas
     assert (folder / "round_001" / "selection.csv").read_text() == reference
 
 
+def test_a_run_killed_while_it_adopts_a_shared_round0_resumes(tmp_path, toy_dataset, no_fsync, monkeypatch):
+    """A grid's experiment killed after round 0's files were copied in, before its first phase was recorded: its
+    state.json already exists (nothing finished), so the rerun resumes instead of refusing a folder with round
+    folders and no state (what a SIGKILL at that moment left before, and a grid test caught)."""
+    import shutil
+
+    import nnal.experiment
+
+    source, values = _experiment(tmp_path, toy_dataset)
+    target = tmp_path / "bald"
+    real_copytree = shutil.copytree
+
+    def copy_then_die(*args, **kwargs):
+        real_copytree(*args, **kwargs)
+        raise KeyboardInterrupt("killed after the copy")
+
+    monkeypatch.setattr(nnal.experiment.shutil, "copytree", copy_then_die)
+    config = build({**values, "strategy": "bald"})
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, target, progress=False, backend_factory=fake_backend, share_round0=source)
+    assert (target / "round_000").is_dir() and json.loads((target / "state.json").read_text())["round"] == -1
+    monkeypatch.setattr(nnal.experiment.shutil, "copytree", real_copytree)
+    results = run_experiment(config, target, progress=False, backend_factory=fake_backend, share_round0=source)
+    assert sorted(set(results["round"])) == [0, 1]
+
+
 def test_the_full_reference_with_redundancy_labels_each_slice_once(tmp_path, toy_dataset, no_fsync):
     folder, _ = _experiment(tmp_path, toy_dataset, strategy="full", redundancy={"case": "case_001", "copies": 3})
     pool = pd.read_csv(folder / "pool.csv")

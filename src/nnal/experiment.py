@@ -316,6 +316,13 @@ class ExperimentFolder:
     def finish(self, round_: int, phase: str, seconds: float) -> None:
         self.state.finish(round_, phase, seconds)
 
+    def begin(self) -> None:
+        """Write state.json (nothing finished yet) before any round folder exists: a run killed while it writes
+        its first round then leaves a folder whose state says so, which resumes, instead of round folders without
+        a state, which are refused as a deleted record."""
+        if not self.state_file.is_file():
+            atomic_write_json(self.state_file, self.state.data)
+
     # --- pool and test set ----------------------------------------------------------------------------------
 
     def has_pool(self) -> bool:

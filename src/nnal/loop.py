@@ -96,6 +96,7 @@ def run_experiment(config: Config, output: Path, cache: Path | None = None, shar
             say(line)
         folder.write_config(config)
         folder.write_fingerprint(identity)
+        folder.begin()
         if results_need_rebuild(folder):  # derived from the rounds' metrics
             folder.write_results()
         if not prepared:
