@@ -3,6 +3,7 @@ wrong kind of file named as such, and status and report on a folder of experimen
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,6 +30,19 @@ def test_help_shows_defaults_integer_flags_and_keeps_brackets():
         assert default in run_help, default
     assert "--fold INTEGER" in run_help and "--threads" in run_help
     assert "nnal[annotate]" in run_cli(["annotate", "--help"]).stdout
+
+
+def test_the_command_lets_openmp_threads_sleep_unless_the_user_chose(monkeypatch):
+    from nnal.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with contextlib.suppress(SystemExit):
+        main(["--version"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with contextlib.suppress(SystemExit):
+        main(["--version"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_version():

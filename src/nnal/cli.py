@@ -399,7 +399,13 @@ def bench_scoring(
 
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: a user's mistake is one line on stderr and exit code 2, a bug keeps its traceback."""
+    import os
+
     from typer.exceptions import TyperException
+
+    # Before torch loads libgomp: its threads sleep at a barrier instead of spinning, which costs ~2% on idle cores
+    # and saves ~20% when another process holds a core (docs/deviations.md, "Threads"); numbers are unchanged.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from nnal.errors import NnalError
 
