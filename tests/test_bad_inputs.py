@@ -17,9 +17,9 @@ import pytest
 import yaml
 from conftest import assert_one_line_error, make_nnunet_dataset, run_cli, write_nifti
 
+from nnal.atomic import FolderLock
 from nnal.backend.fake import fake_backend
 from nnal.config import build
-from nnal.experiment import FolderLock
 from nnal.loop import run_experiment
 
 SETTINGS = dict(strategy="bald", rounds=1, initial=5, budget=4, iterations_per_epoch=2, epochs_initial=1,
@@ -300,8 +300,8 @@ def test_failed_device_request_is_one_line(tmp_path):
 
 def test_disk_full_error_names_the_file(tmp_path, monkeypatch):
     """A write failing with ENOSPC is a machine problem: one line naming the file, the old file kept."""
+    from nnal.atomic import atomic_write_text
     from nnal.errors import EnvironmentProblem
-    from nnal.experiment import atomic_write_text
 
     target = tmp_path / "state.json"
     atomic_write_text(target, "old")

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nnal.atomic import FolderLock
 from nnal.backend.fake import FakeBackend, FakeModel, fake_backend
 from nnal.config import Config
 from nnal.errors import ConfigError, LockedError
-from nnal.experiment import ExperimentFolder, FolderLock
+from nnal.experiment import ExperimentFolder
 from nnal.loop import run_experiment
 
 ROUNDS = 3

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from conftest import run_cli
 
+from nnal.atomic import FolderLock
 from nnal.config import Config
-from nnal.experiment import RESULT_COLUMNS, FolderLock
+from nnal.experiment import RESULT_COLUMNS
 from nnal.loop import run_experiment
 
 pytestmark = pytest.mark.slow

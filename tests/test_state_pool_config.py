@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nnal.atomic import FolderLock, atomic_write_json
 from nnal.backend.partial_labels import MaskedSegmentation, sampling_locations
 from nnal.config import PRESETS, Config, ConfigError, build
-from nnal.experiment import PHASES, FolderLock, LockedError, State, atomic_write_json
+from nnal.errors import LockedError
+from nnal.experiment import PHASES, State
 from nnal.pool import SlicePool
 
 

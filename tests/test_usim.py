@@ -5,16 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nnal.strategies.query_set import class_weights, elbow_size, query_probabilities, query_set, query_size_for
 from nnal.strategies.usim import (
     accumulate_fisher,
-    class_weights,
     cosine_similarity,
     diagonal_fisher,
-    elbow_size,
     fisher_similarity,
-    query_probabilities,
-    query_set,
-    query_size_for,
     sample_parameters,
     truncate_indices,
     usim_select,

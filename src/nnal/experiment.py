@@ -1,4 +1,5 @@
-"""The experiment folder's one owner: its layout, atomic writes, the lock, and the state of each (round, phase).
+"""The experiment folder's one owner: its layout and the state of each (round, phase) (atomic writes and the lock:
+:mod:`nnal.atomic`).
 
 ```
 config.yaml          every setting that decides the result
@@ -21,77 +22,27 @@ file or the new one, never half of one. The loop and the report read and write t
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from nnal.atomic import FolderLock, atomic_file, atomic_write_bytes, atomic_write_json, atomic_write_text, is_locked
 from nnal.config import RESUMABLE_CHANGES, ROUND0_FIELDS, Config, build, load_yaml, upgrade_saved
 from nnal.dataset import fingerprint_changes
-from nnal.errors import ConfigError, DatasetError, EnvironmentProblem, FolderError, LockedError
+from nnal.errors import ConfigError, DatasetError, FolderError
 from nnal.pool import SlicePool
 from nnal.scores_file import read_npz, write_npz
 from nnal.strategies import get_strategy
 
 PHASES = ("score", "select", "train", "evaluate")
-# write failures that are the machine's, not a bug: disk full, quota, read-only file system, permissions
-MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 RESULT_COLUMNS = ["experiment", "strategy", "fold", "seed", "round", "n_labeled", "case", "label", "dice"]
 SELECTION_COLUMNS = ["id", "case", "slice", "score"]
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` when the block ends: temp file in the same folder, fsync, rename; readers
-    see the old or the new file, never half. A failure leaves the old file, and no temp file, behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are for the whole lab to read
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS:  # the previous file is intact
-            raise EnvironmentProblem(f"{path}: cannot write ({os.strerror(err.errno)}); the previous version is "
-                                     "kept, free space or fix the folder and run again to resume") from None
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` through :func:`atomic_file`."""
-    with atomic_file(path) as fh:
-        fh.write(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 # folders under a grid's or the demo's output that hold no experiment of its own: nnU-Net caches, shared round 0s
@@ -110,46 +61,6 @@ def experiment_folders(root: Path, depth: int = 3) -> list[Path]:
     for child in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in NOT_EXPERIMENTS):
         found.extend(experiment_folders(child, depth - 1))
     return found
-
-
-class FolderLock:
-    """An exclusive ``flock`` on ``<folder>/.lock``; a second process is refused at once."""
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / ".lock"
-        self._fh = None
-
-    def __enter__(self) -> FolderLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            raise LockedError(f"{self.path.parent}: another nnal process is running on this experiment") from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-
-
-def is_locked(path: Path) -> bool:
-    """Whether a process holds an ``flock`` on ``path`` now (an experiment running, a cache being prepared)."""
-    if not Path(path).is_file():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 class State:

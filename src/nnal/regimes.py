@@ -113,7 +113,7 @@ def regime_grid(regime: Regime, curve_spec: dict, *, seeds: list[int], strategie
 def write_proposal(output: Path, curve: pd.DataFrame, regimes: list[Regime], curve_spec: dict, *,
                    seeds: list[int], strategies: list[str]) -> list[Path]:
     """``curve.csv``, ``curve.png``, ``regimes.json`` and one ``regime-<name>-grid.yaml`` per regime."""
-    from nnal.experiment import atomic_write_json, atomic_write_text
+    from nnal.atomic import atomic_write_json, atomic_write_text
 
     atomic_write_text(output / "curve.csv", curve.to_csv(index=False))
     _plot(curve, regimes, output / "curve.png")
@@ -203,7 +203,8 @@ def run_regimes(dataset: str, output: Path, *, fold: int, seeds: list[int], star
                 settings: dict, strategies: list[str], comparison_seeds: list[int], executor: str = "ray",
                 dry_run: bool = False, emit=print) -> list[Path]:
     """Random's curve as a grid in ``output/curve`` (resumed if there), then the proposed regimes' grid files."""
-    from nnal.experiment import atomic_write_text, experiment_folders
+    from nnal.atomic import atomic_write_text
+    from nnal.experiment import experiment_folders
     from nnal.grid import run_grid
     from nnal.preflight import check_writable_folder
     from nnal.strategies import get_strategy

@@ -31,10 +31,11 @@ from nnal.annotation.manifest import MANIFEST_FILES, MANIFEST_READ_ERRORS, is_ma
 from nnal.annotation.store import BATCH_COLUMNS, AnnotationStore, open_annotation_experiment
 from nnal.annotation.volumes import as_nifti_gz, index_along, label_dtype, nifti_bytes, world_position
 from nnal.annotation.writable import refuse_unwritable
+from nnal.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nnal.config import Config
 from nnal.dataset import RawDataset
 from nnal.errors import NnalError
-from nnal.experiment import ExperimentFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
+from nnal.experiment import ExperimentFolder
 
 MANIFEST_COLUMNS = ["case", "axis", "slice", "world_axis", "world_mm", "score", "empty", "id"]
 README = """# Round {round}: annotate {n} slices of {cases} cases

@@ -27,9 +27,9 @@ import yaml
 
 from nnal.annotation.manifest import TRUE_WORDS
 from nnal.annotation.volumes import Unreadable, index_along, label_dtype, nifti_bytes, read_volume
+from nnal.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nnal.dataset import UNREADABLE
 from nnal.errors import NnalError
-from nnal.experiment import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 ROUND_FOLDER = re.compile(r"round_(\d{3,})")
 

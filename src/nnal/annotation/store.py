@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 
 from nnal.annotation.volumes import nifti_bytes
+from nnal.atomic import atomic_write_bytes
 from nnal.config import Config
 from nnal.dataset import RawDataset, load_dataset
 from nnal.errors import NnalError
-from nnal.experiment import ExperimentFolder, atomic_write_bytes
+from nnal.experiment import ExperimentFolder
 
 # beside the experiment folder, on its filesystem: a killed ingest leaves the experiment itself byte-identical
 STAGING_PREFIX = ".nnal-ingest-"

@@ -106,7 +106,8 @@ class ShardedModel:
         counts = np.asarray(counts)
         parts = self._run("fisher_parts", cases, batch_size,
                           lambda s, e: dict(counts=counts[s:e], group=group, batch_size=batch_size, loss=loss), None)
-        return fold_fisher((torch.tensor(p) for shard in parts for p in shard), counts)  # Ray hands back read-only arrays
+        # torch.tensor copies: Ray hands back read-only arrays
+        return fold_fisher((torch.tensor(p) for shard in parts for p in shard), counts)
 
     # --- shards ---------------------------------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 from nnal import __version__
+from nnal.atomic import atomic_write_text
 from nnal.dataset import locate_dataset
 from nnal.errors import ConfigError, EnvironmentProblem
-from nnal.experiment import atomic_write_text
 from nnal.grid.checks import check_datasets, check_output, check_settings_of
 from nnal.grid.progress import Progress, preparation_steps
 from nnal.grid.run import BACKENDS, GridRun, plan, run_local, write_status

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnal.atomic import is_locked
 from nnal.dataset import RawDataset, cache_key
-from nnal.experiment import PHASES, ExperimentFolder, is_locked
+from nnal.experiment import PHASES, ExperimentFolder
 from nnal.grid.spec import GridExperiment
 
 

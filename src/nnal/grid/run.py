@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnal.atomic import atomic_write_json
 from nnal.config import ROUND0_FIELDS, build
 from nnal.dataset import load_dataset
-from nnal.experiment import ExperimentFolder, atomic_write_json
+from nnal.experiment import ExperimentFolder
 from nnal.grid.progress import Progress
 from nnal.grid.spec import GridExperiment
 
