@@ -309,7 +309,7 @@ def test_disk_full_error_names_the_file(tmp_path, monkeypatch):
     def full(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("nnal.experiment.os.replace", full)
+    monkeypatch.setattr("nnal.atomic.os.replace", full)
     with pytest.raises(EnvironmentProblem, match="state.json"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]

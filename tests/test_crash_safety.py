@@ -70,14 +70,14 @@ def test_a_failed_write_keeps_the_previous_state_and_resumes(failing_write, tmp_
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_replace(src, dst)
 
-    monkeypatch.setattr("nnal.experiment.os.replace", replace)
+    monkeypatch.setattr("nnal.atomic.os.replace", replace)
     with pytest.raises(EnvironmentProblem, match="No space left on device") as err:
         run_experiment(_config(ds), out, progress=False, backend_factory=fake_backend)
     assert failing_write in str(err.value) and "\n" not in str(err.value)
     before = _files(out)
     assert not [name for name in before if name.endswith(".tmp")]  # no half-written file left behind
     assert json.loads(before["state.json"])["round"] >= 0  # the previous state, whole
-    monkeypatch.setattr("nnal.experiment.os.replace", real_replace)
+    monkeypatch.setattr("nnal.atomic.os.replace", real_replace)
 
     run_experiment(_config(ds), out, progress=False, backend_factory=fake_backend)
     after, expected = _files(out), _files(reference)
