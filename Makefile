@@ -44,9 +44,13 @@ xvfb:
 test: setup $(VIEWER) chromium xvfb
 	$(PY) -m pytest -q -p no:cacheprovider --durations=30
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(VENV)/bin/nnal bench selection --scale hippocampus

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from nnal.experiment import ExperimentFolder, experiment_folders
+from nnal.experiment import ExperimentFolder
+from nnal.layout import experiment_folders
 from nnal.loop import phase_seed
 from nnal.provenance import git_commit
 from nnal.strategies import get_strategy

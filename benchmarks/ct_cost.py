@@ -45,9 +45,9 @@ def timed(fn, repeats: int) -> float:
 def measure(dataset: Path, cache: Path, device: str, slices: int, repeats: int) -> dict:
     import numpy as np
 
+    from nnal.backend.factories import nnunet_backend
     from nnal.config import Config
     from nnal.dataset import load_dataset
-    from nnal.loop import nnunet_backend
 
     config = Config(dataset=str(dataset), device=device, preset="cpu" if device == "cpu" else "gpu-short").resolved()
     backend = nnunet_backend(load_dataset(dataset), cache, config)

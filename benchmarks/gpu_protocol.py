@@ -34,8 +34,9 @@ from pathlib import Path
 import yaml
 
 from nnal.demo import BUNDLED
-from nnal.experiment import ExperimentFolder, experiment_folders
+from nnal.experiment import ExperimentFolder
 from nnal.grid import run_grid
+from nnal.layout import experiment_folders
 from nnal.provenance import git_commit
 
 STRATEGIES = ["random", "random-fg", "bald", "usimf"]

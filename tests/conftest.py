@@ -127,3 +127,11 @@ def small_unet(dropout_op=None):
 def no_fsync(monkeypatch):
     """fsync is most of a fake run's time; temp file + rename (what a resumed run relies on) stays as it is."""
     monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
+def run_as_nnal_run(*args, **kwargs):
+    """The loop as `nnal run` calls it: with annotation's oracle factory, so a human-oracle config is served."""
+    from nnal.annotation.oracle import make_oracle
+    from nnal.loop import run_experiment
+
+    return run_experiment(*args, oracle_factory=make_oracle, **kwargs)

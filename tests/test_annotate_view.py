@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import assert_one_line_error, make_nnunet_dataset, run_cli
+from conftest import run_as_nnal_run as run_experiment
 
 from nnal.annotation.batch import query
 from nnal.annotation.correction import (
@@ -28,7 +29,6 @@ from nnal.annotation.correction import (
 )
 from nnal.backend.fake import fake_backend
 from nnal.config import Config
-from nnal.loop import run_experiment
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt
 

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from annotator import annotate_from_truth, hide_labels, slab, truth
 from conftest import make_mini_hippocampus, make_nnunet_dataset, run_cli
+from conftest import run_as_nnal_run as run_experiment
 
 from nnal.backend.fake import fake_backend
 from nnal.config import Config
-from nnal.loop import run_experiment
 
 TOY_TEST_CASES = {"case_000", "case_005"}
 FAKE = dict(strategy="bald", rounds=2, initial=5, budget=4, iterations_per_epoch=2, epochs_initial=1,

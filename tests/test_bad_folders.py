@@ -153,7 +153,7 @@ def test_a_run_killed_while_it_adopts_a_shared_round0_resumes(tmp_path, toy_data
     folders and no state (what a SIGKILL at that moment left before, and a grid test caught)."""
     import shutil
 
-    import nnal.experiment
+    import nnal.resume
 
     source, values = _experiment(tmp_path, toy_dataset)
     target = tmp_path / "bald"
@@ -163,12 +163,12 @@ def test_a_run_killed_while_it_adopts_a_shared_round0_resumes(tmp_path, toy_data
         real_copytree(*args, **kwargs)
         raise KeyboardInterrupt("killed after the copy")
 
-    monkeypatch.setattr(nnal.experiment.shutil, "copytree", copy_then_die)
+    monkeypatch.setattr(nnal.resume.shutil, "copytree", copy_then_die)
     config = build({**values, "strategy": "bald"})
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, target, progress=False, backend_factory=fake_backend, share_round0=source)
     assert (target / "round_000").is_dir() and json.loads((target / "state.json").read_text())["round"] == -1
-    monkeypatch.setattr(nnal.experiment.shutil, "copytree", real_copytree)
+    monkeypatch.setattr(nnal.resume.shutil, "copytree", real_copytree)
     results = run_experiment(config, target, progress=False, backend_factory=fake_backend, share_round0=source)
     assert sorted(set(results["round"])) == [0, 1]
 

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from annotator import annotate_from_truth, folder_digest, hide_labels
 from conftest import assert_one_line_error, make_nnunet_dataset, run_cli
+from conftest import run_as_nnal_run as run_experiment
 
 from nnal.backend.fake import fake_backend
 from nnal.config import Config
-from nnal.loop import run_experiment
 
 BIN = Path(sys.executable).parent
 # NIfTI axis 0 has the coarsest spacing, so nnU-Net slices along it (transpose_forward [2, 0, 1] after NibabelIO's

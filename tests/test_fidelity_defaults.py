@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from nnal.backend.fake import fake_backend
+from nnal.backend.fake import FakeFactory, fake_backend
 from nnal.config import PRESETS, build, upgrade_saved
 from nnal.loop import run_experiment
 
@@ -13,7 +13,7 @@ SETTINGS = dict(rounds=1, initial=5, budget=4, iterations_per_epoch=2, epochs_in
                 mc_passes=3, device="cpu")
 
 
-class EpochRecorder:
+class EpochRecorder(FakeFactory):
     """A fake backend factory that records the epochs each training was given."""
 
     def __init__(self):
@@ -30,7 +30,6 @@ class EpochRecorder:
         backend.train = record
         return backend
 
-    splits = staticmethod(fake_backend.splits)
 
 
 def test_the_full_reference_trains_its_own_schedule(tmp_path, toy_dataset, no_fsync):

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from annotator import annotate_from_truth, folder_digest, hide_labels, slab
 from conftest import assert_one_line_error, make_nnunet_dataset, run_cli
+from conftest import run_as_nnal_run as run_experiment
 
 from nnal.backend.fake import fake_backend
 from nnal.config import Config
-from nnal.loop import run_experiment
 
 TEST_CASES = {"case_000", "case_005"}  # the fake backend's fold-0 test set of six cases
 SETTINGS = dict(strategy="random", rounds=2, initial=5, budget=4, iterations_per_epoch=2, epochs_initial=1,

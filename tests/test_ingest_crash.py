@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from annotator import annotate_from_truth, folder_digest, hide_labels
 from conftest import make_nnunet_dataset, run_cli
+from conftest import run_as_nnal_run as run_experiment
 
 from nnal.annotation.ingest import ingest
 from nnal.backend.fake import fake_backend
 from nnal.config import Config
-from nnal.loop import run_experiment
 
 SETTINGS = dict(strategy="random", rounds=2, initial=5, budget=4, iterations_per_epoch=2, epochs_initial=1,
                 epochs_per_round=1, mc_passes=3, oracle="human")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from nnal.atomic import FolderLock
-from nnal.backend.fake import FakeBackend, FakeModel, fake_backend
+from nnal.backend.fake import FakeBackend, FakeFactory, FakeModel, fake_backend
 from nnal.config import Config
 from nnal.errors import ConfigError, LockedError
 from nnal.experiment import ExperimentFolder
@@ -42,7 +42,7 @@ def config(dataset: Path, strategy: str = "bald", **changes) -> Config:
     return Config(**{**values, **changes})
 
 
-class Recorder:
+class Recorder(FakeFactory):
     """A backend factory that keeps every FakeBackend it makes; ``calls`` is the last one's list of operations."""
 
     def __init__(self):
@@ -356,9 +356,9 @@ def test_an_option_written_out_at_its_default_resumes(dataset, tmp_path):
 
 def test_a_folder_filled_by_another_process_before_the_lock_is_checked_again(dataset, tmp_path, monkeypatch):
     """Between the first check and taking the lock another run may start the same folder: checked again."""
-    import nnal.loop
+    import nnal.run_checks
 
-    real_validate = nnal.loop.validate
+    real_validate = nnal.run_checks.validate
     started = {"done": False}
 
     def validate_while_another_run_starts(ds):
@@ -367,7 +367,7 @@ def test_a_folder_filled_by_another_process_before_the_lock_is_checked_again(dat
             run(config(dataset, "bald", rounds=0), tmp_path / "exp")
         return real_validate(ds)
 
-    monkeypatch.setattr(nnal.loop, "validate", validate_while_another_run_starts)
+    monkeypatch.setattr(nnal.run_checks, "validate", validate_while_another_run_starts)
     with pytest.raises(ConfigError, match="differs in .*seed"):
         run(config(dataset, "bald", rounds=0, seed=1), tmp_path / "exp")
     assert ExperimentFolder(tmp_path / "exp").read_config().seed == 0

@@ -12,7 +12,7 @@ import yaml
 from conftest import assert_one_line_error, make_nnunet_dataset, run_cli
 
 from nnal.analysis.redundancy import redundancy_shares
-from nnal.backend.fake import FakeBackend, FakeModel, fake_backend
+from nnal.backend.fake import FakeBackend, FakeFactory, FakeModel, fake_backend
 from nnal.config import Config
 from nnal.dataset import load_dataset
 from nnal.errors import ConfigError
@@ -40,7 +40,7 @@ def config(dataset: Path, strategy: str = "usimf", redundancy: dict | None = Non
     return Config(**{**values, **changes})
 
 
-class WithSplits:
+class WithSplits(FakeFactory):
     """The fake backend factory, also telling its split beforehand (as ``nnunet_backend`` does); keeps its backends
     and, given a list, records the labeled slices of every training call in it."""
 
@@ -61,9 +61,6 @@ class WithSplits:
         self.backends.append(backend)
         return backend
 
-    @staticmethod
-    def splits(dataset, cache):
-        return FakeBackend(dataset, cache).splits
 
 
 def run(cfg: Config, folder: Path, factory=fake_backend) -> pd.DataFrame:
@@ -228,9 +225,16 @@ def test_a_test_or_unknown_case_is_refused_before_anything_is_written(case, word
     assert not (tmp_path / "out").exists()
 
 
+class SplitUnknown(FakeFactory):
+    """A factory that tells no split before its backend is built."""
+
+    def splits(self, dataset, cache):
+        return None
+
+
 def test_a_factory_that_cannot_tell_its_split_still_refuses_a_test_case(dataset, tmp_path):
     with pytest.raises(ConfigError, match="case_000 is a test case"):
-        run(config(dataset, redundancy={"case": "case_000", "copies": 3}), tmp_path / "out")
+        run(config(dataset, redundancy={"case": "case_000", "copies": 3}), tmp_path / "out", factory=SplitUnknown())
     assert not (tmp_path / "out" / "pool.csv").exists()
 
 

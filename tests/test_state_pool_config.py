@@ -12,8 +12,8 @@ from nnal.atomic import FolderLock, atomic_write_json
 from nnal.backend.partial_labels import MaskedSegmentation, sampling_locations
 from nnal.config import PRESETS, Config, ConfigError, build
 from nnal.errors import LockedError
-from nnal.experiment import PHASES, State
 from nnal.pool import SlicePool
+from nnal.state import PHASES, State
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -64,11 +64,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+LOCK_NAME = ".lock"  # the file a FolderLock holds in its folder
+
+
 class FolderLock:
     """An exclusive ``flock`` on ``<folder>/.lock``; a second process is refused at once."""
 
     def __init__(self, folder: Path):
-        self.path = Path(folder) / ".lock"
+        self.path = Path(folder) / LOCK_NAME
         self._fh = None
 
     def __enter__(self) -> FolderLock:

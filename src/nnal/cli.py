@@ -119,22 +119,24 @@ def run(
 
     _threads(threads)
     values = read_run_file(config) if config is not None else {}
-    if config is None and (output / "config.yaml").is_file():  # resuming: the saved settings, unless flags differ
-        from nnal.experiment import ExperimentFolder
+    from nnal.experiment import ExperimentFolder
 
-        values = ExperimentFolder(output).read_config().to_dict()
+    if config is None and ExperimentFolder(output).holds_experiment():  # resuming: the saved settings, unless flags
+        values = ExperimentFolder(output).read_config().to_dict()  # differ
     numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget, score_shards=score_shards)
     files = {k: str(v.resolve()) for k, v in (("splits", splits), ("plans", plans)) if v is not None}
     flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device, oracle=oracle, **files,
                  **{k: _flag_value(v) for k, v in numbers.items() if v is not None})
     values.update({k: v for k, v in flags.items() if v is not None})
     source = " and ".join(s for s in (config and str(config), "command line" if any(flags.values()) else "") if s)
+    from nnal.annotation.oracle import make_oracle  # the human oracle, when the config asks for one
+
     results = run_experiment(build(values, source or "command line"), output, cache=cache, progress=not quiet,
-                             emit=lambda line: typer.echo(line, err=True))
+                             emit=lambda line: typer.echo(line, err=True), oracle_factory=make_oracle)
     if len(results):
         typer.echo(dice_table(results))
-        typer.echo(f"results: {output / 'results.csv'}")
-    from nnal.annotation.status import waiting_line
+        typer.echo(f"results: {ExperimentFolder(output).results_file}")
+    from nnal.status import waiting_line
 
     waiting = waiting_line(output)
     if waiting is not None:
@@ -148,7 +150,7 @@ def query(
     """Export the batch waiting for annotation to DIR/annotate/round_NNN (images, known labels, the model's
     presegmentation, manifest, README)."""
     from nnal.annotation.batch import query as export
-    from nnal.loop import nnunet_backend
+    from nnal.backend.factories import nnunet_backend
 
     out = export(experiment, nnunet_backend)
     typer.echo(f"batch: {out} (correct presegmentation/<case>.nii.gz, save as masks/<case>.nii.gz; see README.md)")
@@ -180,9 +182,9 @@ def status(
     """Round, labeled slices per class, the batch waiting for masks, time per round, last Dice."""
     import json
 
-    from nnal.annotation.status import experiment_status, format_status
     from nnal.experiment import ExperimentFolder
     from nnal.overview import format_overview, overview
+    from nnal.status import experiment_status, format_status
 
     if ExperimentFolder(experiment).holds_experiment():
         found = experiment_status(experiment)
@@ -244,8 +246,9 @@ def report(
     """Figures, tables and a self-contained HTML page from one or more experiments."""
     from nnal.analysis.extras import build_full_report
     from nnal.analysis.verdict import report_verdict
+    from nnal.backend.predictions import checkpoint_predictions
 
-    page = build_full_report(list(dirs), output, savings_fraction=savings_target)
+    page = build_full_report(list(dirs), output, savings_fraction=savings_target, predictions=checkpoint_predictions)
     typer.echo(f"report: {page}")
     for line in report_verdict(page):
         typer.echo(line)

@@ -10,6 +10,7 @@ import pandas as pd
 from nnal.analysis.extras import build_full_report
 from nnal.analysis.tables import dice_table
 from nnal.analysis.verdict import report_verdict
+from nnal.backend.predictions import checkpoint_predictions
 from nnal.config import Config
 from nnal.errors import DatasetError
 from nnal.loop import run_experiment
@@ -46,7 +47,7 @@ def run_demo(output: Path, progress: bool = True) -> pd.DataFrame:
         first = first or folder
     results = pd.concat(frames, ignore_index=True)
     results.to_csv(output / "results.csv", index=False)
-    page = build_full_report([output / s for s in STRATEGIES], output / "report")
+    page = build_full_report([output / s for s in STRATEGIES], output / "report", predictions=checkpoint_predictions)
     print(dice_table(results))
     print(f"results: {output / 'results.csv'}")
     print(f"report:  {page}  ({time.perf_counter() - start:.0f} s in all)")

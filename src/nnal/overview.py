@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nnal.annotation.status import experiment_status
 from nnal.errors import NnalError
-from nnal.experiment import ExperimentFolder, experiment_folders
+from nnal.experiment import ExperimentFolder
+from nnal.layout import experiment_folders
+from nnal.status import experiment_status
 
 
 def overview(root: Path) -> dict[str, Any]:

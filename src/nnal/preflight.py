@@ -26,22 +26,6 @@ BYTES_PER_POOL_SLICE = 4096
 BYTES_PER_SCORED_VALUE = 12
 
 
-def check_device(name: str) -> None:
-    """``cuda`` must exist when asked for by name (``auto`` falls back to the CPU)."""
-    if name != "cuda":
-        return
-    from nnal.backend.runtime import cuda_available  # torch loads only here
-
-    if not cuda_available():
-        raise EnvironmentProblem("device: 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
-
-
-def cuda_available() -> bool:
-    from nnal.backend.runtime import cuda_available as available  # torch loads only here
-
-    return available()
-
-
 def existing_ancestor(path: Path) -> Path:
     """``path`` itself if it exists, else its nearest existing parent (where a new folder would be created)."""
     existing = Path(path)

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from nnal.errors import EnvironmentProblem, NnalError
-from nnal.run_output import usable_cores
+from nnal.threads import usable_cores
 
 # Ray starts its workers at nice 15, so a grid gets almost no CPU while anything else runs on the machine (a grid
 # started under load waited minutes at preparation); a local instance's workers run at the driver's priority

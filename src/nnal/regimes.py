@@ -179,7 +179,7 @@ def plan_curve(dataset_text: str, *, fold: int, seeds: list[int], start: int, si
     from nnal.config import build
     from nnal.dataset import load_dataset, locate_dataset, validate
     from nnal.grid.run import backend_factory
-    from nnal.loop import fold_cases
+    from nnal.run_checks import fold_cases
 
     path = str(locate_dataset(dataset_text))
     dataset = load_dataset(path)
@@ -204,8 +204,9 @@ def run_regimes(dataset: str, output: Path, *, fold: int, seeds: list[int], star
                 dry_run: bool = False, emit=print) -> list[Path]:
     """Random's curve as a grid in ``output/curve`` (resumed if there), then the proposed regimes' grid files."""
     from nnal.atomic import atomic_write_text
-    from nnal.experiment import experiment_folders
+    from nnal.experiment import ExperimentFolder
     from nnal.grid import run_grid
+    from nnal.layout import experiment_folders
     from nnal.preflight import check_writable_folder
     from nnal.strategies import get_strategy
 
@@ -227,7 +228,7 @@ def run_regimes(dataset: str, output: Path, *, fold: int, seeds: list[int], star
     if status["failed"]:
         raise ConfigError(f"{output / 'curve' / 'grid.json'}: {status['failed']} experiment(s) of the curve failed; "
                           "fix and run the same command again to resume")
-    results = pd.concat([pd.read_csv(f / "results.csv") for f in experiment_folders(output / "curve")],
+    results = pd.concat([ExperimentFolder(f).read_results() for f in experiment_folders(output / "curve")],
                         ignore_index=True)
     curve = random_curve(results)
     return write_proposal(output, curve, propose(curve), spec, seeds=comparison_seeds, strategies=strategies)

@@ -3,7 +3,6 @@ bars that name their experiment and count towards a total."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,18 +11,9 @@ from tqdm import tqdm
 
 from nnal.config import Config
 from nnal.dataset import RawDataset
+from nnal.threads import available_threads
 
 Emit = Callable[[str], None]
-
-
-def usable_cores() -> int:
-    """The cores this process may use: its CPU affinity (``taskset``, a container's cpuset), not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def available_threads() -> int:
-    """The cores this process may use, or ``NNAL_THREADS`` when set (a grid, ``--threads``)."""
-    return int(os.environ.get("NNAL_THREADS") or usable_cores())
 
 
 def summary(config: Config, dataset: RawDataset, split: dict[str, list[str]] | None, cache: Path,
@@ -48,7 +38,7 @@ def summary(config: Config, dataset: RawDataset, split: dict[str, list[str]] | N
 
 def _device(config: Config) -> str:
     """The device the run will use; a GPU given the CPU schedule is said so (``--preset`` is not set for you)."""
-    from nnal.preflight import cuda_available
+    from nnal.backend.runtime import cuda_available  # torch loads only here
 
     device = config.device if config.device != "auto" else ("cuda" if cuda_available() else "cpu")
     note = " (the cpu preset's short schedule on a GPU: --preset gpu-short or paper for the GPU's)"

@@ -27,7 +27,8 @@ from nnal.analysis.protocol import Section, sections
 from nnal.analysis.readers import read_json
 from nnal.config import Config
 from nnal.errors import ReportError
-from nnal.experiment import PHASES, ExperimentFolder
+from nnal.experiment import ExperimentFolder
+from nnal.state import PHASES
 
 FAKE_BACKEND = "fake"  # environment.json's backend of nnal's fake test double (a dry run)
 DRY_RUN_BANNER = "DRY RUN: these numbers come from nnal's fake model, not nnU-Net"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -14,19 +16,18 @@ from nnal.strategies import variant_label
 CORRELATION_SLICES = 300  # the paper: "a randomly selected subset of the unlabeled dataset"
 
 
-def _backend(folder: ExperimentFolder):
-    from nnal.backend.session import Backend  # torch and nnU-Net only when predictions are drawn
+class Predictions(Protocol):
+    """One experiment's predictions (``nnal.backend.predictions.CheckpointPredictions``)."""
 
-    root = folder.read_environment().get("nnunet_root")
-    if not root or not Path(root).is_dir():
-        return None
-    config = folder.read_config()
-    return Backend.reopen(Path(root), "cpu", dropout=config.dropout, dropout_p=config.dropout_p,
-                          mc_dropout_p=config.mc_dropout_p)
+    def predict_slices(self, checkpoint: Path, case: str, slices: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(image, truth, prediction) of ``slices`` of ``case`` by the model saved in ``checkpoint``."""
+
+    def segmentation(self, case: str) -> np.ndarray:
+        """The case's ground truth as the model sees it, (slices, y, x)."""
 
 
-def _model(backend, folder: ExperimentFolder, round_: int):
-    return backend.model(backend.load_weights(folder.checkpoint_file(round_)))
+PredictionProvider = Callable[[ExperimentFolder], "Predictions | None"]
+"""Opens an experiment's predictions; None when they cannot be made (its nnU-Net data is gone)."""
 
 
 def _first_round_scores(folder: ExperimentFolder, *keys: str) -> tuple[dict[str, np.ndarray] | None, str]:
@@ -62,23 +63,22 @@ def embedding_extras(path: Path, extras: ReportExtras, max_points: int = 1500, s
     return True
 
 
-def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
+def correlation_extras(path: Path, extras: ReportExtras, predictions: PredictionProvider, seed: int = 0) -> bool:
     """Fig. 6: misclassified pixels of the round-0 model against MC uncertainty and gradient length."""
     folder = ExperimentFolder(path)
     scores, key = _first_round_scores(folder, "class_uncertainty", "class_variance")
     if scores is None:
         return False
-    backend = _backend(folder)
-    if backend is None:
+    predicted = predictions(folder)
+    if predicted is None:
         return False
     pool = folder.read_pool().table.set_index("id")
     rng = np.random.default_rng(seed)
     pos = np.sort(rng.choice(len(scores["ids"]), min(CORRELATION_SLICES, len(scores["ids"])), replace=False))
     rows = pool.loc[scores["ids"][pos]]
-    model = _model(backend, folder, 0)
     errors = np.zeros(len(pos))
     for case, grp in rows.assign(at=np.arange(len(pos))).groupby("case"):
-        _, truth, pred = model.predict_slices(case, grp["slice"].to_numpy())
+        _, truth, pred = predicted.predict_slices(folder.checkpoint_file(0), case, grp["slice"].to_numpy())
         errors[grp["at"].to_numpy()] = (truth != pred).reshape(len(grp), -1).sum(1)
     extras.error = errors
     measure = "std" if key == "class_uncertainty" else "variance"
@@ -88,7 +88,7 @@ def correlation_extras(path: Path, extras: ReportExtras, seed: int = 0) -> bool:
     return True
 
 
-def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
+def segmentation_extras(folders: list[Path], extras: ReportExtras, predictions: PredictionProvider) -> bool:
     """Figs. 10-12: one test slice (the one with most foreground of the first test case), image, ground truth and
     the prediction after the first and the last round of the first experiment of each variant on the first one's
     dataset, titled by variant (usimf[eta=0.5], round 1). Further repetitions of a variant are left out: their
@@ -97,15 +97,13 @@ def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
     if usable:  # one slice of one dataset: predictions of experiments on another dataset have no place here
         first = Path(usable[0].read_config().dataset).name
         usable = [f for f in usable if Path(f.read_config().dataset).name == first]
-    backend = _backend(usable[0]) if usable else None
-    if backend is None:
+    predicted = predictions(usable[0]) if usable else None  # their checkpoints share the first one's nnU-Net data
+    if predicted is None:
         return False
     case = usable[0].read_test_cases()[0]
-    from nnal.backend.inference import load_volume
-
-    _, seg = load_volume(backend.folder, case)
+    seg = predicted.segmentation(case)
     z = int(np.argmax((seg > 0).reshape(len(seg), -1).sum(1)))
-    predictions = {}
+    panels = {}
     image = gt = None
     drawn = set()
     for folder in usable:
@@ -116,29 +114,34 @@ def segmentation_extras(folders: list[Path], extras: ReportExtras) -> bool:
         drawn.add(variant)
         rounds = folder.checkpoint_rounds()
         for r in sorted({rounds[0], rounds[-1]}):
-            image, gt, pred = _model(backend, folder, r).predict_slices(case, np.array([z]))
-            predictions["full" if config.strategy == "full" else f"{variant}, round {r}"] = pred[0]
-    extras.segmentations = [SegmentationExample(image[0], gt[0], predictions, f"{case}, slice {z}")]
+            image, gt, pred = predicted.predict_slices(folder.checkpoint_file(r), case, np.array([z]))
+            panels["full" if config.strategy == "full" else f"{variant}, round {r}"] = pred[0]
+    extras.segmentations = [SegmentationExample(image[0], gt[0], panels, f"{case}, slice {z}")]
     return True
 
 
-def extras_from_experiments(folders: list[Path]) -> ReportExtras:
-    """Everything the experiment folders allow: embeddings and correlations from the first USIM/MC experiment."""
+def extras_from_experiments(folders: list[Path], predictions: PredictionProvider | None = None) -> ReportExtras:
+    """Everything the experiment folders allow: embeddings and correlations from the first USIM/MC experiment;
+    the figures that need predictions only with a provider."""
     extras = ReportExtras()
     for folder in folders:
         if embedding_extras(folder, extras):
             break
+    if predictions is None:
+        return extras
     for folder in folders:
-        if correlation_extras(folder, extras):
+        if correlation_extras(folder, extras, predictions):
             break
-    segmentation_extras(folders, extras)
+    segmentation_extras(folders, extras, predictions)
     return extras
 
 
-def build_full_report(dirs: list[Path], output: Path, savings_fraction: float = TARGET_FRACTION) -> Path:
+def build_full_report(dirs: list[Path], output: Path, savings_fraction: float = TARGET_FRACTION, *,
+                      predictions: PredictionProvider | None = None) -> Path:
     """``build_report`` with every figure the experiments allow, predictions included (``nnal report``); the
     predictions come from the experiments the report admits (finished ones, :func:`nnal.analysis.admission.admit`).
-    ``savings_fraction``: the share of the full-label Dice that label savings count slices to."""
+    ``savings_fraction``: the share of the full-label Dice that label savings count slices to; ``predictions``:
+    opens an experiment's predictions (``nnal.backend.predictions.checkpoint_predictions``), None draws none."""
     from nnal.analysis.admission import admit
     from nnal.analysis.report import build_report, check_output
 
@@ -146,4 +149,5 @@ def build_full_report(dirs: list[Path], output: Path, savings_fraction: float = 
     check_output(output)  # before the predictions are drawn: a refusal costs no work
     admission = admit(dirs)  # every folder read and checked before anything is written (ReportError)
     folders = [exp.path for exp in admission.experiments]
-    return build_report(dirs, output, extras=extras_from_experiments(folders), savings_fraction=savings_fraction)
+    return build_report(dirs, output, extras=extras_from_experiments(folders, predictions),
+                        savings_fraction=savings_fraction)

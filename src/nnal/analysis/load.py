@@ -25,7 +25,8 @@ import yaml
 
 from nnal.analysis.readers import KEYS, numeric_columns, one_line, read_csv, read_json, read_results
 from nnal.errors import ConfigError, ReportError
-from nnal.experiment import RESULT_COLUMNS, SELECTION_COLUMNS, ExperimentFolder, experiment_folders
+from nnal.experiment import RESULT_COLUMNS, SELECTION_COLUMNS, ExperimentFolder
+from nnal.layout import experiment_folders
 from nnal.strategies import REGISTRY, format_variant, variant_label
 
 FULL = "full"  # the strategy name of a full-label reference experiment (trains on every pool slice)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +29,7 @@ from nnal.annotation.volumes import Unreadable, index_along, label_dtype, nifti_
 from nnal.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nnal.dataset import UNREADABLE
 from nnal.errors import NnalError
-
-ROUND_FOLDER = re.compile(r"round_(\d{3,})")
+from nnal.layout import Layout
 
 
 class AnnotationBatchError(NnalError, ValueError):
@@ -50,39 +48,38 @@ class SelectedSlice:
 
 def find_round_folder(experiment: str | Path, *, round_: int | None = None) -> Path:
     """``DIR/annotate/round_NNN``: the given round, or the highest-numbered one (the pending batch)."""
-    _refuse_simulated(Path(experiment))
-    root = Path(experiment) / "annotate"
+    layout = Layout(experiment)
+    _refuse_simulated(layout)
     if round_ is not None:
         if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
             raise AnnotationBatchError(f"--round: expected an integer >= 0, got {round_!r}")
-        folder = root / f"round_{round_:03d}"
+        folder = layout.annotate_dir(round_)
         if not folder.is_dir():
             raise AnnotationBatchError(f"{folder}: no such batch (run 'nnal query {experiment}' first)")
         return folder
-    rounds = sorted((int(m.group(1)), p) for p in root.glob("round_*")
-                    if p.is_dir() and (m := ROUND_FOLDER.fullmatch(p.name)))
+    rounds = layout.annotate_rounds()
     if not rounds:
-        raise AnnotationBatchError(f"{root}: no round_NNN batch to annotate (run 'nnal query {experiment}' first)")
-    ingested = _ingested_rounds(Path(experiment) / "annotations.json")
+        raise AnnotationBatchError(f"{layout.annotate_root}: no round_NNN batch to annotate (run 'nnal query "
+                                   f"{experiment}' first)")
+    ingested = _ingested_rounds(layout.annotations_file)
     pending = [(r, p) for r, p in rounds if r not in ingested]
     if not pending:
-        raise AnnotationBatchError(f"{root}: every batch has been ingested (run 'nnal query {experiment}' for the "
-                                   "next, or open one again with --round N)")
+        raise AnnotationBatchError(f"{layout.annotate_root}: every batch has been ingested (run 'nnal query "
+                                   f"{experiment}' for the next, or open one again with --round N)")
     return pending[-1][1]
 
 
-def _refuse_simulated(experiment: Path) -> None:
+def _refuse_simulated(layout: Layout) -> None:
     """A simulated run has no batch for a person (its oracle reads the dataset's labels): say so, rather than
     pointing at 'nnal query', which refuses it too."""
-    config_file = experiment / "config.yaml"
-    if not config_file.is_file():
+    if not layout.config_file.is_file():
         return
     try:
-        oracle = (yaml.safe_load(config_file.read_text()) or {}).get("oracle", "simulated")
+        oracle = (yaml.safe_load(layout.config_file.read_text()) or {}).get("oracle", "simulated")
     except (OSError, yaml.YAMLError):
         return
     if oracle != "human":
-        raise AnnotationBatchError(f"{experiment}: a simulated run (oracle: {oracle}), whose labels come from the "
+        raise AnnotationBatchError(f"{layout.root}: a simulated run (oracle: {oracle}), whose labels come from the "
                                    "dataset; nnal annotate opens the batches of an annotation experiment (start one "
                                    "with 'nnal run --oracle human')")
 

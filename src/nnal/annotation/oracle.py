@@ -1,8 +1,7 @@
-"""The oracle: who labels the slices the loop selects. One seam, two implementations.
+"""The human oracle, which annotation mode plugs into the loop (the seam and the simulated oracle are
+:mod:`nnal.oracle`).
 
-* :class:`SimulatedOracle` (the paper's benchmark): the dataset's ground truth is in nnU-Net's preprocessed data
-  from the start; training reads it on the labeled slices only, so selecting a slice is revealing it.
-* :class:`HumanOracle` (annotation mode): the raw dataset has no labels for the pool (or some cases' labels), so
+* :class:`HumanOracle`: the raw dataset has no labels for the pool (or some cases' labels), so
   nnU-Net's preprocessed segmentation holds only what a person has given. After each selection the loop hands
   the batch out (``DIR/annotate/round_NNN``) and stops; once ``nnal ingest`` has committed the masks, the next
   ``nnal run`` puts them where training reads labels (the backend runs nnU-Net's own preprocessing on them) and
@@ -11,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -20,44 +19,8 @@ from nnal.annotation.store import AnnotationStore
 from nnal.config import Config
 from nnal.dataset import RawDataset
 from nnal.experiment import ExperimentFolder
+from nnal.oracle import Oracle, SimulatedOracle
 from nnal.pool import SlicePool
-
-
-class Oracle(Protocol):
-    def initial_selection(self, pool: SlicePool) -> np.ndarray | None:
-        """Round 0's labeled set when the oracle decides it (labels already present), else None (a seeded draw)."""
-
-    def revealed(self, round_: int, pool: SlicePool) -> bool:
-        """Whether the labels of round ``round_``'s selection are available to training."""
-
-    def request(self, round_: int, backend: Any, weights: Any) -> None:
-        """Ask for round ``round_``'s labels (the loop stops after this until they are given)."""
-
-    def reveal(self, backend: Any, pool: SlicePool) -> SlicePool:
-        """Put every label given so far where training reads it; the pool with its class counts brought up to
-        date."""
-
-    def test_cases(self, cases: list[str]) -> list[str]:
-        """The test cases Dice can be measured on."""
-
-
-class SimulatedOracle:
-    """Labels from the dataset's ground truth, revealed the moment a slice is selected."""
-
-    def initial_selection(self, pool: SlicePool) -> np.ndarray | None:
-        return None
-
-    def revealed(self, round_: int, pool: SlicePool) -> bool:
-        return True
-
-    def request(self, round_: int, backend: Any, weights: Any) -> None:
-        raise RuntimeError("the simulated oracle never waits")
-
-    def reveal(self, backend: Any, pool: SlicePool) -> SlicePool:
-        return pool
-
-    def test_cases(self, cases: list[str]) -> list[str]:
-        return cases
 
 
 class HumanOracle:
@@ -107,4 +70,5 @@ class HumanOracle:
 
 
 def make_oracle(config: Config, folder: ExperimentFolder, dataset: RawDataset) -> Oracle:
+    """The factory ``nnal run`` hands the loop: the oracle the config names."""
     return HumanOracle(folder, dataset, config) if config.oracle == "human" else SimulatedOracle()

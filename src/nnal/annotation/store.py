@@ -83,7 +83,7 @@ class AnnotationStore:
         ``annotations/`` and a round folder a killed ingest left in it (replaced). The staging folder needs none
         of them beyond these: beside the experiment where its parent is writable, else in ``annotations/``."""
         root = self.folder.root
-        return [root, self.folder.lock().path, root / "annotations", self.folder.annotation_dir(round_)]
+        return [root, self.folder.lock_file, self.folder.annotations_root, self.folder.annotation_dir(round_)]
 
     def commit(self, round_: int, volumes: Mapping[str, np.ndarray], entry: Mapping[str, Any],
                on_file_written=None) -> None:
@@ -94,7 +94,7 @@ class AnnotationStore:
         target = self.folder.annotation_dir(round_)
         for stale in self.folder.root.parent.glob(f"{STAGING_PREFIX}{self.folder.root.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed ingest (we hold the lock: none runs)
-        staging = _staging_folder(self.folder.root)
+        staging = _staging_folder(self.folder)
         try:
             for case in sorted(volumes):
                 atomic_write_bytes(staging / f"{case}.nii.gz", nifti_bytes(volumes[case], self.image(case)))
@@ -111,13 +111,13 @@ class AnnotationStore:
         self.record = record
 
 
-def _staging_folder(root: Path) -> Path:
+def _staging_folder(folder: ExperimentFolder) -> Path:
     """A fresh folder on the experiment's filesystem, outside it when its parent is writable, else inside."""
     try:
-        return Path(tempfile.mkdtemp(dir=root.parent, prefix=f"{STAGING_PREFIX}{root.name}-"))
+        return Path(tempfile.mkdtemp(dir=folder.root.parent, prefix=f"{STAGING_PREFIX}{folder.root.name}-"))
     except OSError:
-        (root / "annotations").mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=root / "annotations", prefix=STAGING_PREFIX))
+        folder.annotations_root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=folder.annotations_root, prefix=STAGING_PREFIX))
 
 
 def open_annotation_experiment(root: Path, refusal: str) -> tuple[ExperimentFolder, Config, RawDataset]:

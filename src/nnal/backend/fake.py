@@ -14,15 +14,21 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
 
 from nnal.dataset import RawDataset
+from nnal.seams import SegmentationBackend
 
 CaseSlices = list[tuple[str, np.ndarray]]
 GROUPS = ("bottleneck", "last-decoder-conv", "decoder-convs", "decoder", "network")
 LOSSES = ("log-likelihood", "log-likelihood-deep-supervision", "nnunet")  # nnal.backend.gradients.LOSSES
+
+
+def _nifti(path: Path) -> nib.Nifti1Image:
+    return cast(nib.Nifti1Image, nib.load(str(path)))
 
 
 class FakeBackend:
@@ -35,11 +41,11 @@ class FakeBackend:
         self.images: dict[str, np.ndarray] = {}
         self.truth: dict[str, np.ndarray] = {}
         for case in dataset.cases:
-            image = np.asarray(nib.load(str(case.images[0])).dataobj, dtype=np.float64)
+            image = np.asarray(_nifti(case.images[0]).dataobj, dtype=np.float64)
             self.images[case.name] = image[..., 0] if image.ndim == 4 else image
             # a case not annotated yet (annotation mode) reads as background until a person's labels come in
             self.truth[case.name] = (np.zeros(self.images[case.name].shape, dtype=np.int64) if case.label is None
-                                     else np.asarray(nib.load(str(case.label)).dataobj).astype(np.int64))
+                                     else np.asarray(_nifti(case.label).dataobj).astype(np.int64))
         self.splits = fake_splits(dataset, cache)
         self.calls: list[str] = []  # which operations ran, for tests
 
@@ -113,7 +119,8 @@ class FakeBackend:
     @staticmethod
     def checkpoint_bytes(weights: Mapping[str, np.ndarray], **meta: object) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, meta=json.dumps(meta), **weights)
+        arrays: dict[str, Any] = {"meta": json.dumps(meta), **weights}
+        np.savez(buf, **arrays)
         return buf.getvalue()
 
     @staticmethod
@@ -204,18 +211,26 @@ class FakeModel:
         return (g ** 2 * w[:, None]).sum(0) / w.sum()
 
 
-def fake_backend(dataset: RawDataset, cache: Path, config: object) -> FakeBackend:
-    """A backend factory for ``nnal.loop.run_experiment(..., backend_factory=fake_backend)``."""
-    return FakeBackend(dataset, cache, config)
-
-
 def fake_splits(dataset: RawDataset, cache: Path) -> list[dict[str, list[str]]]:
     """The fake backend's fold split without building it (the loop checks settings against it before writing)."""
     names = sorted(case.name for case in dataset.cases)
     return [{"train": [c for c in names if c not in names[k::5]], "val": names[k::5]} for k in range(5)]
 
 
-fake_backend.splits = fake_splits  # type: ignore[attr-defined]
+class FakeFactory:
+    """The fake backend's factory (``run_experiment(..., backend_factory=fake_backend)``); a test double that
+    records what the backend does subclasses it."""
+
+    name = "fake"
+
+    def __call__(self, dataset: RawDataset, cache: Path, config: object) -> SegmentationBackend:
+        return FakeBackend(dataset, cache, config)  # mypy checks here that the fake conforms to the seam
+
+    def splits(self, dataset: RawDataset, cache: Path) -> list[dict[str, list[str]]] | None:
+        return fake_splits(dataset, cache)
+
+
+fake_backend = FakeFactory()
 
 
 # --- a Liver-shaped model seam: the query step's memory at the paper's scale ---------------------------------------
@@ -257,7 +272,7 @@ class LiverShapedModel:
         rng = np.random.default_rng([self.seed, seed, 1])
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         for b in self._batches(cases, batch_size):
-            values = self._pixel_scores(rng, b, mc_passes) if self.pixels else self._slice_scores(rng, b)
+            values = self._pixel_scores(rng, b, mc_passes, self.pixels) if self.pixels else self._slice_scores(rng, b)
             for k in keys:
                 parts[k].append(values[k] if k in values else self._noise(rng, b, self.dims[k]))
             if on_batch is not None:
@@ -310,9 +325,10 @@ class LiverShapedModel:
                 "class_entropy": 0.5 * per_class, "class_uncertainty": 0.3 * per_class,
                 "class_variance": 0.05 * per_class}
 
-    def _pixel_scores(self, rng: np.random.Generator, b: int, passes: int) -> dict[str, np.ndarray]:
+    def _pixel_scores(self, rng: np.random.Generator, b: int, passes: int, pixels: tuple[int, int]
+                      ) -> dict[str, np.ndarray]:
         """Per-slice values reduced from the batch's per-pixel probabilities (dropout-free and ``passes`` MC)."""
-        mc = self._pixel_tensor(rng, (passes, b, self.classes, *self.pixels))
+        mc = self._pixel_tensor(rng, (passes, b, self.classes, *pixels))
         p = mc.mean(0)
         pixel_entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
         mc_entropy = -(mc * np.log(np.clip(mc, 1e-12, None))).sum(2).mean(0)

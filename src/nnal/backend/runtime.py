@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnal.errors import EnvironmentProblem
+from nnal.threads import available_threads
+
 
 @contextmanager
 def nnunet_environment(root: Path, num_processes: int) -> Iterator[None]:
@@ -39,9 +42,7 @@ def nnunet_environment(root: Path, num_processes: int) -> Iterator[None]:
 def set_threads() -> None:
     """One torch thread per core (``NNAL_THREADS`` when a grid runs several experiments on one machine), and no
     nested pools: oversubscription costs 20-100x on small machines."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = int(os.environ.get("NNAL_THREADS") or n)
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, available_threads()))
     if torch.get_num_interop_threads() != 1:
         try:
             torch.set_num_interop_threads(1)
@@ -74,3 +75,9 @@ def cuda_available() -> bool:
 
 def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_device(name: str) -> None:
+    """``cuda`` must exist when asked for by name (``auto`` falls back to the CPU)."""
+    if name == "cuda" and not cuda_available():
+        raise EnvironmentProblem("device: 'cuda' requested but no CUDA device is available (use --device cpu or auto)")

@@ -31,7 +31,7 @@ import numpy as np
 
 from nnal.errors import FolderError
 from nnal.ray_session import ray_instance, run_shards
-from nnal.run_output import available_threads
+from nnal.threads import available_threads
 
 CaseSlices = list[tuple[str, np.ndarray]]
 # seconds a shard task may stay away after this process ran out of work before it scores that shard itself (or as

@@ -22,7 +22,6 @@ import numpy as np
 
 from nnal.errors import ConfigError
 from nnal.experiment import ExperimentFolder
-from nnal.preflight import check_device
 from nnal.provenance import git_commit
 from nnal.strategies import get_strategy, variant_label
 
@@ -39,8 +38,10 @@ def bench_scoring(experiment: Path, *, round_: int = 1, device: str = "cpu", mc_
                   ) -> dict[str, Any]:
     """Time round ``round_``'s query step of the experiment in ``experiment`` (which must have trained round
     ``round_ - 1``) on ``device``; returns a JSON-ready dict."""
+    from nnal.backend.factories import nnunet_backend
+    from nnal.backend.runtime import check_device
     from nnal.dataset import load_dataset
-    from nnal.loop import nnunet_backend, pool_view
+    from nnal.loop import pool_view
 
     check_device(device)
     folder = ExperimentFolder(experiment)

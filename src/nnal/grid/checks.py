@@ -17,7 +17,8 @@ from nnal.errors import ConfigError, NnalError
 from nnal.experiment import ExperimentFolder
 from nnal.grid.run import GridRun, backend_factory, round0_config
 from nnal.grid.spec import GridExperiment
-from nnal.loop import check_backend, check_settings, settled
+from nnal.resume import reconcile
+from nnal.run_checks import check_backend, check_settings, settled
 
 
 def check_datasets(experiments: list[GridExperiment]) -> dict[str, RawDataset]:
@@ -58,7 +59,7 @@ def check_output(experiments: list[GridExperiment], run: GridRun, source: str) -
         if not path.exists():
             continue
         try:
-            config = folder.reconcile(settled(config))
+            config = reconcile(folder, settled(config))
             check_backend(folder, factory)
             check_folder(folder, config.rounds)
         except NnalError as err:

@@ -17,10 +17,10 @@ from nnal.grid.checks import check_datasets, check_output, check_settings_of
 from nnal.grid.progress import Progress, preparation_steps
 from nnal.grid.run import BACKENDS, GridRun, plan, run_local, write_status
 from nnal.grid.spec import GridSpec, expand, load_grid
-from nnal.preflight import check_device, check_writable_folder
+from nnal.preflight import check_writable_folder
 from nnal.provenance import git_commit
 from nnal.ray_session import signals_as_interrupts
-from nnal.run_output import usable_cores
+from nnal.threads import usable_cores
 
 EXECUTORS = ("ray", "local")
 DRY_RUN_NOTE = "DRY RUN: every number comes from nnal's fake model, not nnU-Net; these are not results"
@@ -50,8 +50,10 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     # every check before anything is written
     check_writable_folder(output, "output")
     devices = {e.config.device for e in experiments}
-    for device in devices:
-        check_device(device)
+    if "cuda" in devices:
+        from nnal.backend.runtime import check_device  # torch loads only here
+
+        check_device("cuda")
     cores = usable_cores()
     gpus = _gpu_count() if backend == "nnunet" and devices & {"cuda", "auto"} else 0
     parallel = max_parallel or (gpus or max(1, cores // 2))
@@ -93,8 +95,9 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     if report and done:
         from nnal.analysis.extras import build_full_report
         from nnal.analysis.verdict import report_verdict
+        from nnal.backend.predictions import checkpoint_predictions
 
-        page = build_full_report(done, output / "report")
+        page = build_full_report(done, output / "report", predictions=checkpoint_predictions)
         emit(f"report: {page}")
         for line in report_verdict(page):
             emit(line)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from nnal.atomic import is_locked
 from nnal.dataset import RawDataset, cache_key
-from nnal.experiment import PHASES, ExperimentFolder
+from nnal.experiment import ExperimentFolder
 from nnal.grid.spec import GridExperiment
+from nnal.state import PHASES
 
 
 def _minutes(seconds: float) -> str:

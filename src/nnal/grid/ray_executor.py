@@ -18,7 +18,7 @@ from nnal.errors import EnvironmentProblem
 from nnal.grid.progress import Progress
 from nnal.grid.run import GridRun, Step, experiment_step, prepare_step, record
 from nnal.ray_session import WORKER_NICENESS, Descendants, descendant_pids, signals_as_interrupts
-from nnal.run_output import usable_cores
+from nnal.threads import usable_cores
 
 CLUSTER_PROBE_SECONDS = 5.0
 

@@ -23,6 +23,7 @@ from nnal.dataset import load_dataset
 from nnal.experiment import ExperimentFolder
 from nnal.grid.progress import Progress
 from nnal.grid.spec import GridExperiment
+from nnal.seams import BackendFactory
 
 # settings a shared round 0 takes from its experiments besides ROUND0_FIELDS: where and how fast it runs
 ROUND0_RUNTIME = ("device", "num_processes", "score_batch_size")
@@ -54,14 +55,11 @@ class GridRun:
 # --- the steps (module-level functions: Ray ships them to its workers) ------------------------------------------
 
 
-def backend_factory(name: str):
-    if name == "fake":
-        from nnal.backend.fake import fake_backend
+def backend_factory(name: str) -> BackendFactory:
+    """The registered factory of that name (nnunet, fake)."""
+    from nnal.backend.factories import BACKENDS
 
-        return fake_backend
-    from nnal.loop import nnunet_backend
-
-    return nnunet_backend
+    return BACKENDS[name]
 
 
 def _use_threads(threads: int) -> None:

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from nnal.threads import usable_cores
+
 _CHUNK_BYTES = 1 << 21  # numpy backend: rows of S are processed in blocks of about this size (fits in L2/L3)
 
 
@@ -19,10 +21,7 @@ def resolve_threads(threads: int | None) -> int:
         except ValueError:
             threads = 0
         if threads < 1:
-            try:
-                threads = len(os.sched_getaffinity(0))
-            except AttributeError:  # not Linux
-                threads = os.cpu_count() or 1
+            threads = usable_cores()
         return max(1, threads)
     try:
         threads = operator.index(threads)

@@ -1,4 +1,5 @@
-"""``nnal status DIR``: where an experiment stands — its round, the labeled slices per class, the batch waiting for
+"""``nnal status DIR``: where an experiment stands (any experiment; an annotation experiment's batch and masks are
+read through the annotation package's store) — its round, the labeled slices per class, the batch waiting for
 masks, the time each round took (the person's share included), and the last Dice when a test set has labels."""
 
 from __future__ import annotations
