@@ -42,3 +42,15 @@ def test_an_offending_import_breaks_its_contract(tmp_path, module, line, contrac
     assert result.returncode != 0
     broken = result.stdout.split("Broken contracts")[-1]
     assert contract in " ".join(broken.split())
+
+
+def test_the_torch_contract_names_every_module_outside_the_backend():
+    """A new module outside backend/ is under the torch contract from its first commit."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    torch_rule = next(c for c in contracts if c["forbidden_modules"] == ["torch", "nnunetv2"])
+    src = ROOT / "src" / "nnal"
+    present = {f"nnal.{p.stem}" for p in src.glob("*.py") if p.stem != "__init__"}
+    present |= {f"nnal.{p.name}" for p in src.iterdir() if (p / "__init__.py").is_file() and p.name != "backend"}
+    assert set(torch_rule["source_modules"]) == present

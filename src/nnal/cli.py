@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from nnal.cli_annotate import ANNOTATION_COMMANDS
 from nnal.cli_bench import bench_app
 
 # rich_markup_mode None: help texts are plain text ("pip install 'nnal[annotate]'" keeps its brackets)
@@ -113,64 +114,33 @@ def run(
                                                show_default=_default("oracle"))] = None,
 ) -> None:
     """Run an active-learning experiment (or resume it where it stopped)."""
-    from nnal.analysis.tables import dice_table
-    from nnal.config import build, read_run_file
-    from nnal.loop import run_experiment
-
-    _threads(threads)
-    values = read_run_file(config) if config is not None else {}
-    from nnal.experiment import ExperimentFolder
-
-    if config is None and ExperimentFolder(output).holds_experiment():  # resuming: the saved settings, unless flags
-        values = ExperimentFolder(output).read_config().to_dict()  # differ
     numbers = dict(fold=fold, seed=seed, rounds=rounds, initial=initial, budget=budget, score_shards=score_shards)
     files = {k: str(v.resolve()) for k, v in (("splits", splits), ("plans", plans)) if v is not None}
     flags = dict(dataset=dataset, strategy=strategy, preset=preset, device=device, oracle=oracle, **files,
                  **{k: _flag_value(v) for k, v in numbers.items() if v is not None})
-    values.update({k: v for k, v in flags.items() if v is not None})
-    source = " and ".join(s for s in (config and str(config), "command line" if any(flags.values()) else "") if s)
-    from nnal.annotation.oracle import make_oracle  # the human oracle, when the config asks for one
+    _threads(threads)
+    _run(output, flags, config, cache, quiet)
 
-    results = run_experiment(build(values, source or "command line"), output, cache=cache, progress=not quiet,
-                             emit=lambda line: typer.echo(line, err=True), oracle_factory=make_oracle)
-    if len(results):
-        typer.echo(dice_table(results))
-        typer.echo(f"results: {ExperimentFolder(output).results_file}")
+
+def _run(output: Path, flags: dict, run_file: Path | None, cache: Path | None, quiet: bool) -> None:
+    from nnal.analysis.tables import dice_table
+    from nnal.annotation.oracle import make_oracle  # the human oracle, when the config asks for one
+    from nnal.config import from_sources
+    from nnal.experiment import ExperimentFolder
+    from nnal.loop import run_experiment
     from nnal.status import waiting_line
 
+    folder = ExperimentFolder(output)
+    saved = folder.read_config().to_dict() if run_file is None and folder.holds_experiment() else None
+    results = run_experiment(from_sources(flags, run_file=run_file, saved=saved), output, cache=cache,
+                             progress=not quiet, emit=lambda line: typer.echo(line, err=True),
+                             oracle_factory=make_oracle)
+    if len(results):
+        typer.echo(dice_table(results))
+        typer.echo(f"results: {folder.results_file}")
     waiting = waiting_line(output)
     if waiting is not None:
         typer.echo(waiting)
-
-
-@app.command()
-def query(
-    experiment: Annotated[Path, typer.Argument(help="an annotation experiment's folder (oracle: human)")],
-) -> None:
-    """Export the batch waiting for annotation to DIR/annotate/round_NNN (images, known labels, the model's
-    presegmentation, manifest, README)."""
-    from nnal.annotation.batch import query as export
-    from nnal.backend.factories import nnunet_backend
-
-    out = export(experiment, nnunet_backend)
-    typer.echo(f"batch: {out} (correct presegmentation/<case>.nii.gz, save as masks/<case>.nii.gz; see README.md)")
-
-
-@app.command()
-def ingest(
-    experiment: Annotated[Path, typer.Argument(help="an annotation experiment's folder (oracle: human)")],
-    masks: Annotated[Path | None, typer.Argument(help="folder of <case>.nii.gz masks (default: the pending "
-                                                 "batch's DIR/annotate/round_NNN/masks)")] = None,
-) -> None:
-    """Check the annotator's masks and take all of them into the experiment, or none (one line per problem)."""
-    from nnal.annotation.ingest import ingest as take
-
-    done = take(experiment, masks)
-    if done.changed:
-        typer.echo(f"round {done.round}: ingested {done.slices} slices of {done.cases} cases; next: "
-                   f"nnal run --output {experiment}")
-    else:
-        typer.echo(f"round {done.round}: these masks were ingested already; nothing changed")
 
 
 @app.command()
@@ -264,21 +234,6 @@ def strategies() -> None:
 
 
 @app.command()
-def annotate(
-    experiment: Annotated[Path, typer.Argument(help="annotation-mode experiment folder (its batch from 'nnal query')"
-                                               )],
-    round_: Annotated[int | None, typer.Option("--round", help="the round's batch to open (default: the newest, "
-                                               "annotate/round_NNN)")] = None,
-) -> None:
-    """Correct the batch of selected slices in napari (optional extra: pip install 'nnal[annotate]')."""
-    from nnal.annotation.viewer import run_annotation
-
-    session = run_annotation(experiment, round_=round_)
-    typer.echo(f"{session.batch.done_count()} of {len(session.batch.slices)} slices done; masks in "
-               f"{session.batch.folder / 'masks'} (then: nnal ingest {experiment})")
-
-
-@app.command()
 def export(
     experiment: Annotated[Path, typer.Argument(help="an experiment folder")],
     output: Annotated[Path, typer.Option(help="a new or empty folder: nnUNet_raw/ and nnUNet_results/ go in it")],
@@ -361,6 +316,8 @@ def synth(
 
 
 app.add_typer(bench_app, name="bench")
+for command in ANNOTATION_COMMANDS:
+    app.command()(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ names the source and the field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -223,6 +224,17 @@ def read_run_file(path: Path) -> dict[str, Any]:
         if isinstance(values.get(key), str):
             values[key] = str((Path(path).parent / values[key]).resolve())
     return values
+
+
+def from_sources(flags: Mapping[str, Any], *, run_file: Path | None = None,
+                 saved: Mapping[str, Any] | None = None) -> Config:
+    """A run's config from its sources, merged once: the run file (else an experiment's saved settings, when it
+    resumes), then the command line's flags (None: not given) over them; errors name the source."""
+    values = read_run_file(run_file) if run_file is not None else dict(saved or {})
+    given = {k: v for k, v in flags.items() if v is not None}
+    values.update(given)
+    source = " and ".join(s for s in (run_file and str(run_file), "command line" if given else "") if s)
+    return build(values, source or "command line")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

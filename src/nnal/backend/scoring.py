@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -255,6 +256,81 @@ def _amp(device: torch.device):
     return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda")
 
 
+class _Captured:
+    """What forward hooks keep of the dropout-free pass: the bottleneck (last encoder stage) and the 1x1
+    segmentation head's input, while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.bottleneck: list[torch.Tensor] = []
+        self.head_inputs: list[torch.Tensor] = []
+
+
+@contextmanager
+def _captured(net: torch.nn.Module, keys: set[str]) -> Iterator[_Captured]:
+    """The hooks the keys need, on the network while scoring, removed however scoring ends."""
+    captured, hooks = _Captured(), []
+    if keys & {"features", "pooled_features"}:  # bottleneck = last encoder stage, dropout-free pass only
+        hooks.append(net.encoder.stages[-1].register_forward_hook(
+            lambda _m, _i, out: captured.bottleneck.append(out.float()) if captured.on else None))
+    if "head_embeddings" in keys:  # the 1x1 segmentation head's input, for BADGE's closed-form gradient
+        hooks.append(net.decoder.seg_layers[-1].register_forward_hook(
+            lambda _m, i, _o: captured.head_inputs.append(i[0].float()) if captured.on else None))
+    try:
+        yield captured
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+class _FeatureMap(NamedTuple):
+    """How the bottleneck becomes a feature vector: its stride and grid, the length kept, the projection (drawn
+    once, on the first batch that needs it)."""
+
+    stride: tuple[int, int]
+    grid: tuple[int, int]
+    dim: int
+    projection: list[torch.Tensor]
+
+
+def _deterministic_pass(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, keys: set[str],
+                        captured: _Captured, features: _FeatureMap, device: torch.device,
+                        parts: dict[str, list[torch.Tensor]]) -> None:
+    set_dropout(net, False)
+    captured.on = True
+    with _amp(device):
+        logits = net(batch)
+    captured.on = False
+    probs = logits.float().softmax(1)
+    for k, v in reduce_deterministic(probs, mask).items():
+        if k in keys:
+            parts[k].append(v.cpu())
+    if captured.head_inputs:
+        parts["head_embeddings"].append(head_gradient_embeddings(captured.head_inputs.pop(), probs, mask).cpu())
+    if captured.bottleneck:
+        out = captured.bottleneck.pop()
+        if "pooled_features" in keys:  # over the whole padded map, as before the flattened default
+            parts["pooled_features"].append(out.mean((-2, -1)).cpu())
+        if "features" in keys:
+            flat = bottleneck_on_grid(out, mask, features.stride, features.grid)
+            if flat.shape[1] > features.dim:  # per batch: the pool's full maps are never held
+                if not features.projection:
+                    features.projection.append(random_projection(flat.shape[1], features.dim).to(flat.device))
+                flat = flat @ features.projection[0]
+            parts["features"].append(flat.cpu())
+
+
+def _mc_pass(net: torch.nn.Module, batch: torch.Tensor, mask: torch.Tensor, keys: set[str], mc_passes: int,
+             mc_rows: int | None, device: torch.device, parts: dict[str, list[torch.Tensor]]) -> None:
+    set_dropout(net, True)
+    with _amp(device):
+        probs = mc_probabilities(net, batch, mc_passes, mc_rows)
+    for k, v in reduce_mc(probs, mask).items():
+        if k in keys:
+            parts[k].append(v.cpu())
+    set_dropout(net, False)
+
+
 @torch.inference_mode()
 def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[tuple[str, np.ndarray]],
                keys: set[str], mc_passes: int, batch_size: int, device: torch.device, seed: int,
@@ -271,64 +347,22 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
         raise ValueError(f"unknown score keys: {sorted(unknown)}")
     patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
     torch.manual_seed(seed)
-    bottleneck: list[torch.Tensor] = []
-    capture = {"on": False}
-    hook = None
-    if keys & {"features", "pooled_features"}:  # bottleneck = last encoder stage, dropout-free pass only
-        hook = net.encoder.stages[-1].register_forward_hook(
-            lambda _m, _i, out: bottleneck.append(out.float()) if capture["on"] else None)
-    stride, grid = total_stride(plans), feature_grid(plans)
-    projection: list[torch.Tensor] = []  # drawn once, on the first batch that needs it
-    head_inputs: list[torch.Tensor] = []
-    if "head_embeddings" in keys:  # the 1x1 segmentation head's input, for BADGE's closed-form gradient
-        hooks_head = net.decoder.seg_layers[-1].register_forward_hook(
-            lambda _m, i, _o: head_inputs.append(i[0].float()) if capture["on"] else None)
-    else:
-        hooks_head = None
+    features = _FeatureMap(total_stride(plans), feature_grid(plans), feature_dim, [])
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     use_packed_dropout(net, device.type == "cpu")
     try:
-        if after and keys & MC_KEYS:
-            replay_mc_draws(net, after, mc_passes, mc_rows, device)
-        for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
-            batch, mask = batch.to(device), mask.to(device)
-            if keys & DETERMINISTIC_KEYS:
-                set_dropout(net, False)
-                capture["on"] = True
-                with _amp(device):
-                    logits = net(batch)
-                capture["on"] = False
-                probs = logits.float().softmax(1)
-                for k, v in reduce_deterministic(probs, mask).items():
-                    if k in keys:
-                        parts[k].append(v.cpu())
-                if head_inputs:
-                    parts["head_embeddings"].append(head_gradient_embeddings(head_inputs.pop(), probs, mask).cpu())
-                if bottleneck:
-                    out = bottleneck.pop()
-                    if "pooled_features" in keys:  # over the whole padded map, as before the flattened default
-                        parts["pooled_features"].append(out.mean((-2, -1)).cpu())
-                    if "features" in keys:
-                        flat = bottleneck_on_grid(out, mask, stride, grid)
-                        if flat.shape[1] > feature_dim:  # per batch: the pool's full maps are never held
-                            if not projection:
-                                projection.append(random_projection(flat.shape[1], feature_dim).to(flat.device))
-                            flat = flat @ projection[0]
-                        parts["features"].append(flat.cpu())
-            if keys & MC_KEYS:
-                set_dropout(net, True)
-                with _amp(device):
-                    probs = mc_probabilities(net, batch, mc_passes, mc_rows)
-                for k, v in reduce_mc(probs, mask).items():
-                    if k in keys:
-                        parts[k].append(v.cpu())
-                set_dropout(net, False)
-            if on_batch is not None:
-                on_batch(len(batch))
+        with _captured(net, keys) as captured:
+            if after and keys & MC_KEYS:
+                replay_mc_draws(net, after, mc_passes, mc_rows, device)
+            for batch, mask in pooled_batches(folder, cases, batch_size, patch, total_stride(plans)):
+                batch, mask = batch.to(device), mask.to(device)
+                if keys & DETERMINISTIC_KEYS:
+                    _deterministic_pass(net, batch, mask, keys, captured, features, device, parts)
+                if keys & MC_KEYS:
+                    _mc_pass(net, batch, mask, keys, mc_passes, mc_rows, device, parts)
+                if on_batch is not None:
+                    on_batch(len(batch))
     finally:
-        for h in (hook, hooks_head):
-            if h is not None:
-                h.remove()
         set_dropout(net, False)
         use_packed_dropout(net, False)
     return {k: torch.cat(v).numpy() for k, v in parts.items() if v}
