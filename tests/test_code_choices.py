@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import make_nnunet_dataset
 
-from nnal.backend.fake import LOSSES as FAKE_LOSSES
 from nnal.backend.fake import fake_backend
+from nnal.backend.names import LOSSES
 from nnal.config import Config
 from nnal.loop import run_experiment
 from nnal.strategies import REGISTRY, PoolView, get_strategy
@@ -29,7 +29,7 @@ class RecordingModel:
     def __init__(self) -> None:
         rng = np.random.default_rng(11)
         self.rows = {(case, int(z)): i for i, (case, z) in enumerate((c, z) for c, s in CASES for z in s)}
-        self.grads = {loss: rng.normal(size=(len(self.rows), 60)) for loss in FAKE_LOSSES}
+        self.grads = {loss: rng.normal(size=(len(self.rows), 60)) for loss in LOSSES}
         self.variance = rng.random((len(self.rows), 2)) + 0.01
         self.calls: list[dict] = []
 
@@ -78,12 +78,6 @@ def test_badge_embeds_nnunets_loss_by_default_and_the_log_likelihood_as_option()
         (call,) = calls(model, "embed")
         assert (call["group"], call["loss"], call["index"]) == ("last-decoder-conv", loss, None)
         np.testing.assert_array_equal(scores["badge_embeddings"], model.grads[loss][:, :30])
-
-
-def test_the_fake_backend_knows_the_real_backends_losses():
-    from nnal.backend.gradients import LOSSES
-
-    assert FAKE_LOSSES == LOSSES
 
 
 # --- 2. USIM's deep supervision -----------------------------------------------------------------------------------

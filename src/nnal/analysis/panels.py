@@ -71,11 +71,8 @@ def embed_2d(features: np.ndarray, method: str = "tsne", seed: int = 0) -> tuple
         raise ValueError(f"method must be 'tsne' or 'pca', got {method!r}")
     if method == "pca" or len(x) < 5:
         return pca_2d(x), "pca"
-    try:
-        from sklearn.decomposition import PCA
-        from sklearn.manifold import TSNE
-    except ImportError:
-        return pca_2d(x), "pca"
+    from sklearn.decomposition import PCA  # declared; imported when a t-SNE is drawn (seconds to load)
+    from sklearn.manifold import TSNE
     if x.shape[1] > 50:
         x = PCA(n_components=min(50, len(x)), random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))

@@ -19,12 +19,11 @@ from typing import Any, cast
 import nibabel as nib
 import numpy as np
 
+from nnal.backend.names import LOSSES, PARAMETER_GROUPS
 from nnal.dataset import RawDataset
 from nnal.seams import SegmentationBackend
 
 CaseSlices = list[tuple[str, np.ndarray]]
-GROUPS = ("bottleneck", "last-decoder-conv", "decoder-convs", "decoder", "network")
-LOSSES = ("log-likelihood", "log-likelihood-deep-supervision", "nnunet")  # nnal.backend.gradients.LOSSES
 
 
 def _nifti(path: Path) -> nib.Nifti1Image:
@@ -282,7 +281,7 @@ class LiverShapedModel:
     def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
                             loss: str = "log-likelihood", on_batch: Callable[[int], None] | None = None
                             ) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, GROUPS.index(group), LOSSES.index(loss), 2])
+        rng = np.random.default_rng([self.seed, PARAMETER_GROUPS.index(group), LOSSES.index(loss), 2])
         width = self.parameters[group] if index is None else len(index)
         rows = []
         for b in self._batches(cases, batch_size):
@@ -295,7 +294,7 @@ class LiverShapedModel:
 
     def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int,
                loss: str = "log-likelihood") -> np.ndarray:
-        rng = np.random.default_rng([self.seed, GROUPS.index(group), LOSSES.index(loss), 3])
+        rng = np.random.default_rng([self.seed, PARAMETER_GROUPS.index(group), LOSSES.index(loss), 3])
         for b in self._batches(cases, batch_size):
             if self.pixels:
                 self._pixel_tensor(rng, (b, self.classes, *self.pixels))

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from nnal.backend.inference import set_dropout
+from nnal.backend.names import LOSSES, PARAMETER_GROUPS
 
-PARAMETER_GROUPS = ("bottleneck", "last-decoder-conv", "decoder-convs", "decoder", "network")
-LOSSES = ("log-likelihood", "log-likelihood-deep-supervision", "nnunet")
 DICE_SMOOTH = 1e-5  # nnU-Net's soft Dice (nnUNetTrainer._build_loss)
 
 

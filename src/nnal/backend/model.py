@@ -51,7 +51,7 @@ class Model:
     def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
                             loss: str = "log-likelihood", on_batch: Callable[[int], None] | None = None
                             ) -> np.ndarray:
-        """Per-slice gradients of a pseudo-label objective (``gradients.LOSSES``) w.r.t. a parameter group,
+        """Per-slice gradients of a pseudo-label objective (``nnal.backend.names.LOSSES``) w.r.t. a parameter group,
         ``index`` entries (all when None), float32 ``(N, d)`` in the order of ``cases`` then slices."""
         gradients.check_loss(loss)
         names = gradients.parameter_names(self.network, group)

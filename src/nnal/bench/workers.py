@@ -41,10 +41,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _blas_threads() -> int | None:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
+    from threadpoolctl import threadpool_info  # scikit-learn's dependency
     counts = [int(p["num_threads"]) for p in threadpool_info() if p.get("user_api") == "blas"]
     return max(counts) if counts else None
 

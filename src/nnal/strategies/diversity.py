@@ -17,7 +17,7 @@ from nnal.strategies.usim import truncate_indices
 
 # Core-Set's feature options and the model score key each reads
 FEATURE_KEYS = {"flattened": "features", "pooled": "pooled_features"}
-# BADGE's loss options and the backend's per-slice objective each names (nnal.backend.gradients.LOSSES)
+# BADGE's loss options and the backend's per-slice objective each names (nnal.backend.names.LOSSES)
 BADGE_LOSSES = {"nnunet": "nnunet", "log-likelihood": "log-likelihood"}
 
 

@@ -24,7 +24,7 @@ from nnal.strategies.usim_uniform import uniform_from_query
 OPTIMIZERS = ("by-pool-size", "stochastic", "exact")
 NEGATIVES = ("clipped", "shifted")
 UNCERTAINTY_KEYS = {"variance": "class_variance", "std": "class_uncertainty"}
-# the deep_supervision option and the backend's per-slice objective it names (nnal.backend.gradients.LOSSES)
+# the deep_supervision option and the backend's per-slice objective it names (nnal.backend.names.LOSSES)
 DEEP_SUPERVISION_LOSSES = {"off": "log-likelihood", "sum": "log-likelihood-deep-supervision"}
 NAIVE_BELOW = 1000  # the paper's code: NaiveGreedy below 1000 pool rows, StochasticGreedy from there
 

@@ -161,17 +161,14 @@ def _nb_eval(S, rows, bound, cur, eta, first, best_g, best_j, shared, lanes, row
 
 
 def gain_kernel() -> Any:
-    """The compiled :func:`_nb_eval`, or None without numba (or with ``NNAL_SUBMODULAR_BACKEND=numpy``)."""
+    """The compiled :func:`_nb_eval`, or None with ``NNAL_SUBMODULAR_BACKEND=numpy``."""
     if KERNEL_STATE["force_numpy"]:
         return None
     if "kernel" not in KERNEL_STATE:
+        import numba  # a declared dependency; imported here because compiling costs seconds
+
         try:
-            import numba
-        except ImportError:
-            KERNEL_STATE["kernel"] = None
-        else:
-            try:
-                KERNEL_STATE["kernel"] = numba.njit(nogil=True, cache=True)(_nb_eval)
-            except RuntimeError:  # no writable cache location
-                KERNEL_STATE["kernel"] = numba.njit(nogil=True)(_nb_eval)
+            KERNEL_STATE["kernel"] = numba.njit(nogil=True, cache=True)(_nb_eval)
+        except RuntimeError:  # no writable cache location
+            KERNEL_STATE["kernel"] = numba.njit(nogil=True)(_nb_eval)
     return KERNEL_STATE["kernel"]
