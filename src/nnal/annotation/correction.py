@@ -112,6 +112,55 @@ def _read_int(value: object, where: str, field: str) -> int:
     return int(number)
 
 
+def _read_manifest(path: Path, folder: Path) -> tuple[dict, dict[str, int]]:
+    """manifest.json and its class names -> label values; one line naming the file when it is not that."""
+    if not path.is_file():
+        raise AnnotationBatchError(f"{path}: missing (is {folder} a batch from 'nnal query'?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AnnotationBatchError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("slices"), list):
+        raise AnnotationBatchError(f"{path}: expected an object with a 'slices' list")
+    labels = manifest.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise AnnotationBatchError(f"{path}: 'labels' must map class names to values")
+    return manifest, {str(name): _read_int(value, str(path), f"labels[{name!r}]") for name, value in labels.items()}
+
+
+def _read_rows(manifest: dict, path: Path) -> list[SelectedSlice]:
+    out = []
+    for i, row in enumerate(manifest["slices"]):
+        where = f"{path} row {i}"
+        if not isinstance(row, dict) or not {"case", "axis", "slice"} <= row.keys():
+            raise AnnotationBatchError(f"{where}: expected case, axis and slice")
+        axis = _read_int(row["axis"], where, "axis")
+        if axis > 2:
+            raise AnnotationBatchError(f"{where}: axis must be 0, 1 or 2 (a 3D volume), got {axis}")
+        out.append(SelectedSlice(i, str(row["case"]), axis, _read_int(row["slice"], where, "slice")))
+    if not out:
+        raise AnnotationBatchError(f"{path}: no selected slices")
+    return out
+
+
+def _empty_flags(manifest: dict, slices: list[SelectedSlice], manifest_csv: Path) -> list[bool]:
+    """Each slice's ``empty`` flag. manifest.csv is the file a person edits by hand: a slice marked empty in either
+    file is empty, as for ``nnal ingest``."""
+    empty = [_read_flag(row.get("empty", False)) for row in manifest["slices"]]
+    if not manifest_csv.is_file():
+        return empty
+    with open(manifest_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if len(rows) != len(slices):
+        raise AnnotationBatchError(f"{manifest_csv}: {len(rows)} rows, manifest.json has {len(slices)}")
+    for s, row in zip(slices, rows, strict=True):
+        where = f"{manifest_csv} row {s.row}"
+        if (row.get("case"), _read_int(row.get("slice"), where, "slice")) != (s.case, s.index):
+            raise AnnotationBatchError(f"{where}: does not match manifest.json ({s.case}, slice {s.index})")
+        empty[s.row] = empty[s.row] or _read_flag(row.get("empty", ""))
+    return empty
+
+
 class AnnotationBatch:
     """A round's annotation folder: its manifest (rows, class names), the volumes, and the masks written back."""
 
@@ -119,24 +168,11 @@ class AnnotationBatch:
         self.folder = Path(folder)
         self.manifest_json = self.folder / "manifest.json"
         self.manifest_csv = self.folder / "manifest.csv"
-        if not self.manifest_json.is_file():
-            raise AnnotationBatchError(f"{self.manifest_json}: missing (is {self.folder} a batch from 'nnal query'?)")
-        try:
-            self.manifest = json.loads(self.manifest_json.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise AnnotationBatchError(f"{self.manifest_json}: not readable JSON ({err})") from None
-        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("slices"), list):
-            raise AnnotationBatchError(f"{self.manifest_json}: expected an object with a 'slices' list")
-        labels = self.manifest.get("labels")
-        if not isinstance(labels, dict) or not labels:
-            raise AnnotationBatchError(f"{self.manifest_json}: 'labels' must map class names to values")
-        self.labels = {str(name): _read_int(value, str(self.manifest_json), f"labels[{name!r}]")
-                       for name, value in labels.items()}
+        self.manifest, self.labels = _read_manifest(self.manifest_json, self.folder)
         self.round = self.manifest.get("round")
         self.dtype = np.dtype(label_dtype(np.array(list(self.labels.values()))))
-        self.slices = self._read_rows()
-        self.empty = [_read_flag(row.get("empty", False)) for row in self.manifest["slices"]]
-        self._take_empty_flags_from_csv()
+        self.slices = _read_rows(self.manifest, self.manifest_json)
+        self.empty = _empty_flags(self.manifest, self.slices, self.manifest_csv)
         # visiting order: case by case, each case's slices in order, so a case is loaded once per pass
         self.order = sorted(self.slices, key=lambda s: (s.case, s.axis, s.index, s.row))
         self.cases = sorted({s.case for s in self.slices})
@@ -144,35 +180,6 @@ class AnnotationBatch:
         for case in self.cases:
             if self.mask_path(case).is_file():
                 self._note_saved(case, self.read_mask(case))
-
-    def _read_rows(self) -> list[SelectedSlice]:
-        out = []
-        for i, row in enumerate(self.manifest["slices"]):
-            where = f"{self.manifest_json} row {i}"
-            if not isinstance(row, dict) or not {"case", "axis", "slice"} <= row.keys():
-                raise AnnotationBatchError(f"{where}: expected case, axis and slice")
-            axis = _read_int(row["axis"], where, "axis")
-            if axis > 2:
-                raise AnnotationBatchError(f"{where}: axis must be 0, 1 or 2 (a 3D volume), got {axis}")
-            out.append(SelectedSlice(i, str(row["case"]), axis, _read_int(row["slice"], where, "slice")))
-        if not out:
-            raise AnnotationBatchError(f"{self.manifest_json}: no selected slices")
-        return out
-
-    def _take_empty_flags_from_csv(self) -> None:
-        """manifest.csv is the file a person edits by hand: a slice marked empty in either file is empty, as for
-        ``nnal ingest``."""
-        if not self.manifest_csv.is_file():
-            return
-        with open(self.manifest_csv, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if len(rows) != len(self.slices):
-            raise AnnotationBatchError(f"{self.manifest_csv}: {len(rows)} rows, manifest.json has {len(self.slices)}")
-        for s, row in zip(self.slices, rows, strict=True):
-            where = f"{self.manifest_csv} row {s.row}"
-            if (row.get("case"), _read_int(row.get("slice"), where, "slice")) != (s.case, s.index):
-                raise AnnotationBatchError(f"{where}: does not match manifest.json ({s.case}, slice {s.index})")
-            self.empty[s.row] = self.empty[s.row] or _read_flag(row.get("empty", ""))
 
     # --- files -------------------------------------------------------------------------------------------------
 

@@ -6,16 +6,18 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 from nnal import __version__
 from nnal.atomic import atomic_write_text
+from nnal.backend.factories import BACKENDS
 from nnal.dataset import locate_dataset
 from nnal.errors import ConfigError, EnvironmentProblem
 from nnal.grid.checks import check_datasets, check_output, check_settings_of
 from nnal.grid.progress import Progress, preparation_steps
-from nnal.grid.run import BACKENDS, GridRun, plan, run_local, write_status
+from nnal.grid.run import GridRun, plan, run_local, write_status
 from nnal.grid.spec import GridSpec, expand, load_grid
 from nnal.preflight import check_writable_folder
 from nnal.provenance import git_commit
@@ -32,11 +34,32 @@ def default_output(grid_file: Path, *, dry_run: bool) -> Path:
     return Path("runs") / (f"{grid_file.stem}-dry-run" if dry_run else grid_file.stem)
 
 
+class _Checked(NamedTuple):
+    """A grid checked before anything is written: its file, experiments, datasets and how it will run."""
+
+    spec: GridSpec
+    experiments: list
+    datasets: dict
+    run: GridRun
+    threads: int
+    gpus: int
+
+
 def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | None = None,
              max_parallel: int | None = None, backend: str = "nnunet", report: bool = True,
              emit=print) -> dict:
     """Run every experiment of the grid file ``path`` into ``output``; return the grid's status."""
     path, output = Path(path), Path(output)
+    checked = _validate(path, output, executor, address, max_parallel, backend, emit)  # before any write
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "grid.yaml", _as_run(checked.spec, path))
+    seconds = _execute(checked, path, executor, backend, emit)
+    return _finish(checked, path, output, seconds, backend, report, emit)
+
+
+def _validate(path: Path, output: Path, executor: str, address: str | None, max_parallel: int | None,
+              backend: str, emit) -> _Checked:
+    """Every check of a grid: its options, file, devices, datasets, settings and output folder."""
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor: unknown {executor!r}; known: {', '.join(EXECUTORS)}")
     if backend not in BACKENDS:
@@ -47,7 +70,6 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
         require_ray()
     spec = load_grid(path)
     experiments = expand(spec, str(path), base=path.parent)  # paths in a file are relative to it
-    # every check before anything is written
     check_writable_folder(output, "output")
     devices = {e.config.device for e in experiments}
     if "cuda" in devices:
@@ -57,7 +79,6 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
     cores = usable_cores()
     gpus = _gpu_count() if backend == "nnunet" and devices & {"cuda", "auto"} else 0
     parallel = max_parallel or (gpus or max(1, cores // 2))
-    threads = max(1, cores // parallel)
     run = GridRun(output, executor=executor, address=address, max_parallel=parallel, backend=backend,
                   retries=spec.retries, on_progress=emit)
     datasets = check_datasets(experiments)
@@ -67,16 +88,19 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
         from nnal.grid.ray_executor import check_cluster
 
         check_cluster(address)
+    return _Checked(spec, experiments, datasets, run, max(1, cores // parallel), gpus)
 
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output / "grid.yaml", _as_run(spec, path))
+
+def _execute(checked: _Checked, path: Path, executor: str, backend: str, emit) -> float:
+    """The grid's steps, on Ray or in this process, with progress; the seconds they took."""
+    experiments, run, threads = checked.experiments, checked.run, checked.threads
     steps = plan(experiments, run, threads)
     if backend == "fake":
         emit(DRY_RUN_NOTE)
     emit(f"grid {path}: {len(experiments)} experiments ({len(experiments) - sum(s.kind == 'experiment' for s in steps)}"
-         f" already done), executor {executor}, {parallel} at a time, {threads} thread(s) each")
-    progress = Progress(experiments, output, run.outcomes, parallel, emit=emit,
-                        preparing=preparation_steps(steps, datasets, run))
+         f" already done), executor {executor}, {run.max_parallel} at a time, {threads} thread(s) each")
+    progress = Progress(experiments, run.output, run.outcomes, run.max_parallel, emit=emit,
+                        preparing=preparation_steps(steps, checked.datasets, run))
     start = time.perf_counter()
     with signals_as_interrupts():  # SIGTERM ends the grid as Ctrl-C does: cleanly, exit code 130
         if executor == "local":
@@ -84,9 +108,15 @@ def run_grid(path: Path, output: Path, *, executor: str = "ray", address: str | 
         else:
             from nnal.grid.ray_executor import run_ray
 
-            run_ray(steps, run, progress, threads, 1.0 if gpus else 0.0)
-    seconds = time.perf_counter() - start
+            run_ray(steps, run, progress, threads, 1.0 if checked.gpus else 0.0)
     progress.update(force=True)
+    return time.perf_counter() - start
+
+
+def _finish(checked: _Checked, path: Path, output: Path, seconds: float, backend: str, report: bool,
+            emit) -> dict:
+    """The status file, the failures named, the report of the finished experiments."""
+    experiments, run = checked.experiments, checked.run
     status = write_status(run, experiments, yaml.safe_load(path.read_text()), seconds, _environment())
     failed = [e for e in experiments if run.outcomes.get(e.folder, {}).get("status") == "failed"]
     for exp in failed:

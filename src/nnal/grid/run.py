@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nnal.atomic import atomic_write_json
+from nnal.backend.factories import BACKENDS
 from nnal.config import ROUND0_FIELDS, build
 from nnal.dataset import load_dataset
 from nnal.experiment import ExperimentFolder
@@ -27,9 +28,6 @@ from nnal.seams import BackendFactory
 
 # settings a shared round 0 takes from its experiments besides ROUND0_FIELDS: where and how fast it runs
 ROUND0_RUNTIME = ("device", "num_processes", "score_batch_size")
-
-BACKENDS = ("nnunet", "fake")
-
 
 @dataclass
 class GridRun:
@@ -57,8 +55,6 @@ class GridRun:
 
 def backend_factory(name: str) -> BackendFactory:
     """The registered factory of that name (nnunet, fake)."""
-    from nnal.backend.factories import BACKENDS
-
     return BACKENDS[name]
 
 

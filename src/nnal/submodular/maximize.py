@@ -300,50 +300,7 @@ class _Gains:
         buf = getattr(self.local, "buf", None)
         if buf is None:
             buf = self.local.buf = np.empty((self.rows_per_chunk, self.S.shape[1]), dtype=self.S.dtype)
-        return self._numpy_part(rows, bound, first, best_g, best_j, step, shared, buf)
-
-    def _numpy_part(
-        self,
-        rows: np.ndarray,
-        bound: np.ndarray,
-        first: bool,
-        best_g: float,
-        best_j: int,
-        step: int,
-        shared: np.ndarray,
-        buf: np.ndarray,
-    ) -> tuple[int, float, int]:
-        S, cur, step_rows = self.S, self.cur, self.rows_per_chunk
-        for a in range(0, rows.size, step_rows):
-            floor = max(best_g, float(shared[0]))
-            if bound[a] < floor:
-                break
-            idx, b = rows[a : a + step_rows], bound[a : a + step_rows]
-            idx = idx[b >= floor]
-            res = buf[: idx.size]
-            if int(idx[-1]) - int(idx[0]) == idx.size - 1 and bool(np.all(np.diff(idx) == 1)):
-                src = S[int(idx[0]) : int(idx[-1]) + 1]
-            else:
-                src = res
-                for r, j in enumerate(idx.tolist()):
-                    res[r] = S[j]  # one row at a time: no gathered temporary
-            if first:
-                mx, mn = src.max(axis=1), src.min(axis=1)  # NaN propagates
-                ok = np.isfinite(mx) & np.isfinite(mn)
-                if not ok.all():
-                    return a + int(np.flatnonzero(b >= floor)[np.argmin(ok)]), best_g, best_j
-                self.rowmax[idx] = np.maximum(mx, 0)
-            np.maximum(src, cur, out=res)
-            np.subtract(res, cur, out=res)  # the float terms submodlib computes
-            g = lane_sums(res, self.lanes.dtype)
-            if self.eta != 0:
-                g += self.eta * self.rowmax[idx]
-            self.ub[idx] = g
-            self.fresh[idx] = step
-            best_g, best_j = running_best(g, idx, best_g, best_j)
-            if best_g > shared[0]:
-                shared[0] = best_g
-        return -1, best_g, best_j
+        return _numpy_gains(self, rows, bound, first, best_g, best_j, step, shared, buf)
 
     def check_unread(self) -> None:
         """Raise if a row never read holds a non-finite value: a NaN anywhere in ``S`` is an error."""
@@ -353,6 +310,51 @@ class _Gains:
             ok = np.isfinite(self.S[idx]).all(axis=1)
             if not ok.all():
                 raise ValueError(f"S contains non-finite values (row {int(idx[np.argmin(ok)])})")
+
+
+def _numpy_gains(
+    gains: _Gains,
+    rows: np.ndarray,
+    bound: np.ndarray,
+    first: bool,
+    best_g: float,
+    best_j: int,
+    step: int,
+    shared: np.ndarray,
+    buf: np.ndarray,
+) -> tuple[int, float, int]:
+    """:meth:`_Gains._part` without numba: the same gains, block by block in numpy."""
+    S, cur, step_rows = gains.S, gains.cur, gains.rows_per_chunk
+    for a in range(0, rows.size, step_rows):
+        floor = max(best_g, float(shared[0]))
+        if bound[a] < floor:
+            break
+        idx, b = rows[a : a + step_rows], bound[a : a + step_rows]
+        idx = idx[b >= floor]
+        res = buf[: idx.size]
+        if int(idx[-1]) - int(idx[0]) == idx.size - 1 and bool(np.all(np.diff(idx) == 1)):
+            src = S[int(idx[0]) : int(idx[-1]) + 1]
+        else:
+            src = res
+            for r, j in enumerate(idx.tolist()):
+                res[r] = S[j]  # one row at a time: no gathered temporary
+        if first:
+            mx, mn = src.max(axis=1), src.min(axis=1)  # NaN propagates
+            ok = np.isfinite(mx) & np.isfinite(mn)
+            if not ok.all():
+                return a + int(np.flatnonzero(b >= floor)[np.argmin(ok)]), best_g, best_j
+            gains.rowmax[idx] = np.maximum(mx, 0)
+        np.maximum(src, cur, out=res)
+        np.subtract(res, cur, out=res)  # the float terms submodlib computes
+        g = lane_sums(res, gains.lanes.dtype)
+        if gains.eta != 0:
+            g += gains.eta * gains.rowmax[idx]
+        gains.ub[idx] = g
+        gains.fresh[idx] = step
+        best_g, best_j = running_best(g, idx, best_g, best_j)
+        if best_g > shared[0]:
+            shared[0] = best_g
+    return -1, best_g, best_j
 
 
 def backend() -> str:
