@@ -75,32 +75,18 @@ def bench_scoring(experiment: Path, *, round_: int = 1, device: str = "cpu", mc_
     embeddings = _seconds(lambda: model.gradient_embeddings(view.cases, group=group, index=index, batch_size=batch))
     phase = _seconds(lambda: strategy.score(model, view, config.strategy_options))
     floor = (t + 3) * plain
-    return {
-        "benchmark": "scoring",
-        "experiment": str(experiment),
-        "variant": variant_label(config.strategy, config.strategy_options),
-        "round": round_,
-        "device": backend.environment()["device_name"],
-        "pool_slices": n,
-        "mc_passes": t,
-        "score_batch_size": batch,
-        "plain_forward_s": round(plain, 3),
-        "plain_slices_per_s": round(n / plain, 1),
-        "mc_stacked_s": round(stacked, 3),
-        "mc_stacked_slice_passes_per_s": round(n * t / stacked, 1),
-        "mc_single_s": round(single, 3),
-        "mc_single_slice_passes_per_s": round(n * t / single, 1),
-        "embedding_group": group,
-        "embedding_entries": int(len(index)),
-        "embedding_s": round(embeddings, 3),
-        "embedding_slices_per_s": round(n / embeddings, 1),
-        "scoring_phase_s": round(phase, 3),
-        "floor_s": round(floor, 3),
-        "phase_over_floor": round(phase / floor, 2),
-        "recorded_phase_s": folder.state.data.get("seconds", {}).get(str(round_), {}).get("score"),
-        "config": config.to_dict(),
-        "environment": {**backend.environment(), "git_commit": git_commit(), "python": platform.python_version()},
-    }
+    return dict(
+        benchmark="scoring", experiment=str(experiment),
+        variant=variant_label(config.strategy, config.strategy_options), round=round_, device=backend.environment()["device_name"], pool_slices=n, mc_passes=t, score_batch_size=batch,
+        plain_forward_s=round(plain, 3), plain_slices_per_s=round(n / plain, 1), mc_stacked_s=round(stacked, 3),
+        mc_stacked_slice_passes_per_s=round(n * t / stacked, 1), mc_single_s=round(single, 3),
+        mc_single_slice_passes_per_s=round(n * t / single, 1), embedding_group=group,
+        embedding_entries=int(len(index)), embedding_s=round(embeddings, 3),
+        embedding_slices_per_s=round(n / embeddings, 1), scoring_phase_s=round(phase, 3), floor_s=round(floor, 3),
+        phase_over_floor=round(phase / floor, 2),
+        recorded_phase_s=folder.state.data.get("seconds", {}).get(str(round_), {}).get("score"),
+        config=config.to_dict(),
+        environment={**backend.environment(), "git_commit": git_commit(), "python": platform.python_version()})
 
 
 def format_scoring(result: dict[str, Any]) -> str:

@@ -168,24 +168,10 @@ def bench_similarity_and_selection(
     if d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
     n, q = SCALES[scale]
-    out: dict[str, Any] = {
-        "scale": scale,
-        "n": n,
-        "q": q,
-        "d": d,
-        "kind": kind,
-        "device": device,
-        "budget": BUDGET,
-        "eta": ETA,
-        "epsilon": EPSILON,
-        "seed": seed,
-        "s_size_mb": n * q * 4 / 2**20,
-        "g_u_size_mb": n * d * 4 / 2**20,
-        "gflop": 2.0 * n * q * d / 1e9,
-        "cpu_count": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_avg_before": _load_avg(),
-    }
+    out: dict[str, Any] = dict(
+        scale=scale, n=n, q=q, d=d, kind=kind, device=device, budget=BUDGET, eta=ETA, epsilon=EPSILON, seed=seed,
+        s_size_mb=n * q * 4 / 2**20, g_u_size_mb=n * d * 4 / 2**20, gflop=2.0 * n * q * d / 1e9,
+        cpu_count=os.cpu_count(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"), load_avg_before=_load_avg())
     res = run_in_subprocess(similarity_worker, (n, q, d, seed, kind, device, with_exact), timeout=2 * TIMEOUT_S)
     if "error" in res:
         raise RuntimeError(f"similarity benchmark failed: {res['error']}")

@@ -46,6 +46,30 @@ def _blas_threads() -> int | None:
     return max(counts) if counts else None
 
 
+def _shifted_similarity_on_cpu(right: np.ndarray, n: int, rows: int, sample, cosine: bool
+                               ) -> tuple[np.ndarray, dict[str, float]]:
+    """The (n, Q) similarity of ``n`` sampled rows against ``right`` (d, Q), built ``rows`` at a time and shifted
+    to be non-negative; the seconds of each part (as :func:`shifted_similarity_on_cuda` reports them)."""
+    S = np.empty((n, right.shape[1]), dtype=np.float32)
+    seconds = {"generation": 0.0, "gemm": 0.0, "transfer": 0.0}
+    lo = np.inf
+    for a in range(0, n, rows):
+        b = min(n, a + rows)
+        t = time.perf_counter()
+        u = sample(b - a)
+        t1 = time.perf_counter()
+        if cosine:
+            _unit(u)
+        np.matmul(u, right, out=S[a:b])
+        lo = min(lo, float(S[a:b].min()))
+        seconds["generation"] += t1 - t
+        seconds["gemm"] += time.perf_counter() - t1
+    t = time.perf_counter()
+    S -= np.float32(lo)
+    seconds["shift"] = time.perf_counter() - t
+    return S, seconds
+
+
 def similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str, with_exact: bool) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 0])
     model = _Embeddings(d, rng)
@@ -59,7 +83,6 @@ def similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str,
     compile_s = time.perf_counter() - t0
     before = (proc_status_kb("VmRSS") or 0) / 1024
     reset_peak_rss()
-    gen_s = gemm_s = transfer_s = 0.0
     t = time.perf_counter()
     if kind == "fisher":  # fold diag(1 / (F + delta)) into g_q once, in place; delta as USIMF's default damping
         f = fisher.astype(np.float64)
@@ -67,32 +90,15 @@ def similarity_worker(n: int, q: int, d: int, seed: int, kind: str, device: str,
     else:
         _unit(g_q)
     fold_s = time.perf_counter() - t
-    lo = np.inf
     if device == "cpu":
-        S = np.empty((n, q), dtype=np.float32)
-        right = g_q.T
-        for a in range(0, n, rows):
-            b = min(n, a + rows)
-            t = time.perf_counter()
-            u = model.sample(gen, b - a)
-            t1 = time.perf_counter()
-            if kind == "cosine":
-                _unit(u)
-            np.matmul(u, right, out=S[a:b])
-            lo = min(lo, float(S[a:b].min()))
-            t2 = time.perf_counter()
-            gen_s += t1 - t
-            gemm_s += t2 - t1
-        t = time.perf_counter()
-        S -= np.float32(lo)
-        shift_s = time.perf_counter() - t
+        S, seconds = _shifted_similarity_on_cpu(g_q.T, n, rows, lambda k: model.sample(gen, k), kind == "cosine")
     else:
         from nnal.backend.similarity import shifted_similarity_on_cuda  # torch only behind the backend
 
         S, seconds = shifted_similarity_on_cuda(g_q.T, n, rows, lambda k: model.sample(gen, k), kind == "cosine")
         fold_s += seconds["fold"]
-        gen_s, gemm_s = seconds["generation"], seconds["gemm"]
-        shift_s, transfer_s = seconds["shift"], seconds["transfer"]
+    gen_s, gemm_s = seconds["generation"], seconds["gemm"]
+    shift_s, transfer_s = seconds["shift"], seconds["transfer"]
     del g_q
     t = time.perf_counter()
     picks = flqmi_stochastic_greedy(S, BUDGET, np.random.default_rng(seed), ETA, EPSILON)
