@@ -77,7 +77,8 @@ def bench_scoring(experiment: Path, *, round_: int = 1, device: str = "cpu", mc_
     floor = (t + 3) * plain
     return dict(
         benchmark="scoring", experiment=str(experiment),
-        variant=variant_label(config.strategy, config.strategy_options), round=round_, device=backend.environment()["device_name"], pool_slices=n, mc_passes=t, score_batch_size=batch,
+        variant=variant_label(config.strategy, config.strategy_options), round=round_,
+        device=backend.environment()["device_name"], pool_slices=n, mc_passes=t, score_batch_size=batch,
         plain_forward_s=round(plain, 3), plain_slices_per_s=round(n / plain, 1), mc_stacked_s=round(stacked, 3),
         mc_stacked_slice_passes_per_s=round(n * t / stacked, 1), mc_single_s=round(single, 3),
         mc_single_slice_passes_per_s=round(n * t / single, 1), embedding_group=group,
