@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from nnal.cache_layout import DONE_MARKER, NNUNET_FOLDERS, SPLIT_FILE
 from nnal.layout import ANNOTATE, ANNOTATIONS, FILES, ROUND_FILES, Layout
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nnal"
@@ -14,10 +15,13 @@ NAMES = {*FILES.values(), *ROUND_FILES.values(), ANNOTATIONS, ANNOTATE} - {FILES
 ALLOWED = {("demo.py", "results.csv"), ("export.py", "dataset_fingerprint.json")}
 
 
-def _spelled(node: ast.AST) -> str | None:
+CACHE_NAMES = {*NNUNET_FOLDERS, DONE_MARKER, SPLIT_FILE}
+
+
+def _spelled(node: ast.AST, names: set[str] = NAMES) -> str | None:
     """The experiment-folder name ``node`` spells as a path part, if any."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        if node.value in NAMES or node.value.startswith("round_"):
+        if node.value in names or (names is NAMES and node.value.startswith("round_")):
             return node.value
     if isinstance(node, ast.JoinedStr) and node.values:
         head = node.values[0]
@@ -26,16 +30,16 @@ def _spelled(node: ast.AST) -> str | None:
     return None
 
 
-def layout_offences(source: str) -> list[str]:
+def layout_offences(source: str, names: set[str] = NAMES) -> list[str]:
     """Path joins (``x / "state.json"``, ``x / f"round_{r:03d}"``) and globs (``x.glob("round_*")``) that spell an
     experiment folder's layout."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-            name = _spelled(node.right)
+            name = _spelled(node.right, names)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
                 and node.func.attr in {"glob", "rglob", "joinpath"}:
-            name = _spelled(node.args[0])
+            name = _spelled(node.args[0], names)
         else:
             continue
         if name is not None:
@@ -54,6 +58,12 @@ def test_no_module_but_the_layout_spells_an_experiment_folder_path():
     assert offenders == {}
 
 
+def test_only_the_cache_layout_spells_a_path_in_nnunets_cache():
+    offenders = {str(p.relative_to(SRC)): found for p in SRC.rglob("*.py")
+                 if p.name != "cache_layout.py" and (found := layout_offences(p.read_text(), CACHE_NAMES))}
+    assert offenders == {}
+
+
 def test_the_check_catches_what_it_is_for():
     source = ("from pathlib import Path\n"
               "def f(root: Path, r: int):\n"
@@ -64,6 +74,8 @@ def test_the_check_catches_what_it_is_for():
               "    e = root / 'other.txt'\n")
     assert sorted(o.split(": ")[1] for o in layout_offences(source)) == sorted(
         ["state.json", "scores.npz", "round_", "round_*", "annotate"])
+    cache = "def g(root):\n    return root / 'preprocessed' / 'Dataset001' / 'splits_final.json'\n"
+    assert [o.split(": ")[1] for o in layout_offences(cache, CACHE_NAMES)] == ["splits_final.json", "preprocessed"]
 
 
 def test_the_layout_table_gives_every_path(tmp_path):

@@ -233,7 +233,7 @@ def _write_labels(plan: ExportPlan, backend: Any, target: Path) -> Path:
     (dataset_dir / "imagesTr").mkdir(parents=True)
     (dataset_dir / "labelsTr").mkdir()
     ignore = ignore_label(backend.dataset_json)
-    raw = backend.root / "raw" / backend.folder_name
+    raw = backend.layout.raw_dir(backend.folder_name)
     channels = len(backend.dataset_json["channel_names"])
     for case, slices in plan.labeled.items():
         for c in range(channels):

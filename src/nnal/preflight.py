@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import psutil
 
-from nnal.dataset import RawDataset, cache_key
+from nnal.cache_layout import is_prepared
+from nnal.dataset import RawDataset
 from nnal.errors import EnvironmentProblem
 
 # nnU-Net's 2d preprocessing stores float32 images and int8 segmentations (Blosc2 compresses them, so this is an
@@ -96,6 +97,5 @@ def check_memory(dataset: RawDataset, *, pool_cases: list[str] | None, duplicate
 
 
 def is_preprocessed(dataset: RawDataset, cache: Path) -> bool:
-    """Whether nnU-Net's preprocessed data for ``dataset`` are already in ``cache`` (the backend's layout:
-    ``<cache key>/preprocessed/<dataset>/.nnal_done``)."""
-    return any(Path(cache).glob(f"{cache_key(dataset)}/preprocessed/*/.nnal_done"))
+    """Whether nnU-Net's preprocessed data for ``dataset`` are already in ``cache`` (:mod:`nnal.cache_layout`)."""
+    return is_prepared(cache, dataset)

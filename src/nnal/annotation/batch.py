@@ -196,7 +196,8 @@ def query(root: Path, backend_factory: Callable[[RawDataset, Path, Config], Any]
     with folder.lock():
         store = AnnotationStore(folder, dataset)
         round_ = _waiting_round(folder, dataset)  # as it is now, under the lock
-        cache = Path(folder.read_environment().get("nnunet_root", folder.root / "nnunet" / "x")).parent
+        root = folder.read_environment().get("nnunet_root")
+        cache = Path(root).parent if root else folder.cache_dir
         backend = backend_factory(dataset, cache, config)
         weights = backend.load_weights(folder.checkpoint_file(round_ - 1)) if round_ > 0 else None
         return export_batch(folder, store, round_, config, backend, weights)

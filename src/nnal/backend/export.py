@@ -67,7 +67,7 @@ def write_model_folder(target: Path, backend: Backend, weights: Mapping[str, tor
     dataset_json = model_dataset_json(backend.dataset_json)
     (model_dir / "plans.json").write_text(json.dumps(plans, indent=1))
     (model_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
-    shutil.copyfile(backend.root / "preprocessed" / backend.folder_name / "dataset_fingerprint.json",
+    shutil.copyfile(backend.layout.preprocessed_root(backend.folder_name) / "dataset_fingerprint.json",
                     model_dir / "dataset_fingerprint.json")
     check_weights_fit(model_dir, weights)
     checkpoint = {

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 from nnal.backend.runtime import set_threads
+from nnal.cache_layout import CacheLayout
 from nnal.dataset import NNUNET_NAME, RawDataset, nnunet_id
-from nnal.dataset_checks import check_splits
 
 DEFAULT_ID = 1  # for a dataset whose folder name holds no nnU-Net id
 PLANS = "nnUNetPlans"
@@ -41,8 +41,9 @@ def plan_and_preprocess(root: Path, folder_name: str, num_processes: int, verbos
     ``unlabeled`` (annotation mode, no case labeled yet): see :func:`_body_fingerprint_extractor`. ``user_plans``:
     a user's own ``nnUNetPlans.json``, used instead of nnU-Net's planner (the fingerprint is still extracted).
     """
-    pre_dir = root / "preprocessed" / folder_name
-    marker = pre_dir / ".nnal_done"
+    layout = CacheLayout(root)
+    pre_dir = layout.preprocessed_root(folder_name)
+    marker = layout.done_marker(folder_name)
     if marker.is_file():
         return json.loads((pre_dir / f"{PLANS}.json").read_text())
 
@@ -118,17 +119,5 @@ def with_dropout(plans: dict, kind: str, p: float) -> dict:
     return out
 
 
-def load_splits(root: Path, folder_name: str, case_names: list[str]) -> list[dict[str, list[str]]]:
-    """nnU-Net's 5-fold split (seed 12345), written next to the preprocessed data as nnU-Net itself would."""
-    from nnunetv2.utilities.crossval_split import generate_crossval_split
-
-    split_file = root / "preprocessed" / folder_name / "splits_final.json"
-    if split_file.is_file():
-        return check_splits(json.loads(split_file.read_text()), case_names, split_file)
-    splits = generate_crossval_split(sorted(case_names), seed=12345, n_splits=5)
-    split_file.write_text(json.dumps(splits, indent=1))
-    return splits
-
-
 def preprocessed_dir(root: Path, folder_name: str, plans: dict) -> Path:
-    return root / "preprocessed" / folder_name / plans["configurations"][CONFIGURATION]["data_identifier"]
+    return CacheLayout(root).preprocessed_root(folder_name) / plans["configurations"][CONFIGURATION]["data_identifier"]

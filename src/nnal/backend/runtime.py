@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnal.cache_layout import NNUNET_FOLDERS
 from nnal.errors import EnvironmentProblem
 from nnal.threads import available_threads
 
@@ -22,7 +23,7 @@ def nnunet_environment(root: Path, num_processes: int) -> Iterator[None]:
     names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", "nnUNet_def_n_proc",
              "nnUNet_compile")
     before = {name: os.environ.get(name) for name in names}
-    for name in ("raw", "preprocessed", "results"):
+    for name in NNUNET_FOLDERS:
         (root / name).mkdir(parents=True, exist_ok=True)
         os.environ[f"nnUNet_{name}"] = str(root / name)
     # 0 runs augmentation in-process, which is what makes CPU runs bit-reproducible

@@ -15,7 +15,9 @@ import torch
 from nnal.backend import inference, planning, raw_space, training
 from nnal.backend.model import Model, load_weights, weights_to_bytes
 from nnal.backend.runtime import nnunet_environment, resolve_device, set_threads
-from nnal.dataset import RawDataset, cache_key, write_nnunet_raw
+from nnal.backend.splits import load_splits
+from nnal.cache_layout import CacheLayout
+from nnal.dataset import RawDataset, write_nnunet_raw
 from nnal.dataset_checks import read_plans
 
 
@@ -30,10 +32,11 @@ class Backend:
         # a user's plans preprocess differently: their own cache beside nnU-Net's planned one
         plans_key = "" if self.user_plans is None else "-plans-" + hashlib.sha256(
             json.dumps(self.user_plans, sort_keys=True).encode()).hexdigest()[:12]
-        self.root = Path(cache) / (cache_key(dataset) + plans_key)
+        self.layout = CacheLayout.for_dataset(cache, dataset, plans_key)
+        self.root = self.layout.root
         self.folder_name = planning.dataset_folder_name(dataset)
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as lock:  # experiments sharing a cache preprocess once
+        with open(self.layout.lock_file, "a+") as lock:  # experiments sharing a cache preprocess once
             fcntl.flock(lock, fcntl.LOCK_EX)
             with nnunet_environment(self.root, num_processes):
                 self._prepare(dataset, num_processes, verbose)
@@ -45,14 +48,14 @@ class Backend:
 
     def _prepare(self, dataset: RawDataset, num_processes: int, verbose: bool) -> None:
         """nnU-Net's raw folder, plans and preprocessed data in the cache (once: later calls read them)."""
-        raw = self.root / "raw" / self.folder_name
+        raw = self.layout.raw_dir(self.folder_name)
         if not (raw / "dataset.json").is_file():
             write_nnunet_raw(dataset, raw)
         self._plans = planning.plan_and_preprocess(self.root, self.folder_name, num_processes, verbose,
                                                    unlabeled=all(case.label is None for case in dataset.cases),
                                                    user_plans=self.user_plans)
         self.dataset_json = json.loads((raw / "dataset.json").read_text())
-        self.splits = planning.load_splits(self.root, self.folder_name, [c.name for c in dataset.cases])
+        self.splits = load_splits(self.root, self.folder_name, [c.name for c in dataset.cases])
 
     @classmethod
     def reopen(cls, root: Path, device: str = "cpu", *, dropout: str, dropout_p: float, mc_dropout_p: float
@@ -63,6 +66,7 @@ class Backend:
         set_threads()
         self.device = resolve_device(device)
         self.root = Path(root)
+        self.layout = CacheLayout(self.root)
         plans_files = sorted(self.root.glob(f"preprocessed/*/{planning.PLANS}.json"))
         if not plans_files:
             raise FileNotFoundError(f"{self.root}: no nnU-Net plans (was the experiment's cache removed?)")
@@ -72,7 +76,7 @@ class Backend:
         self.mc_dropout_p = mc_dropout_p
         self.num_processes = 0
         self.dataset_json = json.loads((pre / "dataset.json").read_text())
-        self.splits = json.loads((pre / "splits_final.json").read_text())
+        self.splits = json.loads(self.layout.split_file(self.folder_name).read_text())
         self.folder = planning.preprocessed_dir(self.root, self.folder_name, self.plans)
         self.labels = sorted(int(v) for v in self.dataset_json["labels"].values())
         return self
@@ -120,7 +124,7 @@ class Backend:
         """Make the case's known labels (NIfTI array, 0 where none is known) what training reads; False if they
         already are."""
         with nnunet_environment(self.root, self.num_processes):
-            return raw_space.write_labels(self.plans, self.dataset_json, self.root / "raw" / self.folder_name,
+            return raw_space.write_labels(self.plans, self.dataset_json, self.layout.raw_dir(self.folder_name),
                                           self.folder, self.root / "nnal_labels", case, labels, affine)
 
     def predict_raw(self, weights: Mapping[str, torch.Tensor], case: str, slices: np.ndarray,

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnal.atomic import is_locked
-from nnal.dataset import RawDataset, cache_key
+from nnal.cache_layout import CacheLayout
+from nnal.dataset import RawDataset
 from nnal.experiment import ExperimentFolder
 from nnal.grid.spec import GridExperiment
 from nnal.state import PHASES
@@ -35,7 +36,7 @@ def preparation_steps(steps: list, datasets: dict[str, RawDataset], run) -> list
         if step.kind == "prepare":
             dataset = datasets[step.args[0]["dataset"]]
             out.append(Preparation(f"preparing {dataset.name} (nnU-Net planning and preprocessing)",
-                                   run.cache / cache_key(dataset) / ".lock"))
+                                   CacheLayout.for_dataset(run.cache, dataset).lock_file))
         elif step.kind == "round0":
             out.append(Preparation(f"round 0 of {Path(step.args[1]).name} (shared initial model)",
                                    Path(step.args[1]) / ".lock"))
