@@ -22,6 +22,7 @@ nnunet/              nnU-Net's raw, preprocessed and results folders, unless --c
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from nnal.atomic import LOCK_NAME
@@ -69,6 +70,16 @@ def experiment_folders(root: Path, depth: int = 3) -> list[Path]:
     return found
 
 
+def _round_path(kind: str) -> Callable[[Layout, int], Path]:
+    """A method giving round ``round_``'s file of ``kind`` (a row of ROUND_FILES)."""
+
+    def path(self: Layout, round_: int) -> Path:
+        return self.round_file(round_, kind)
+
+    path.__name__ = path.__qualname__ = f"{kind}_path"
+    return path
+
+
 class Layout:
     """The paths of one experiment folder (nothing is read or written here)."""
 
@@ -90,23 +101,17 @@ class Layout:
     def round_dir(self, round_: int) -> Path:
         return self.root / round_folder(round_)
 
-    def selection_file(self, round_: int) -> Path:
-        return self.round_dir(round_) / ROUND_FILES["selection"]
+    # a round's files, one per row of ROUND_FILES: selection_file, scores_file, checkpoint_file, metrics_file,
+    # training_log_dir, batch_file
+    def round_file(self, round_: int, kind: str) -> Path:
+        return self.round_dir(round_) / ROUND_FILES[kind]
 
-    def scores_file(self, round_: int) -> Path:
-        return self.round_dir(round_) / ROUND_FILES["scores"]
-
-    def checkpoint_file(self, round_: int) -> Path:
-        return self.round_dir(round_) / ROUND_FILES["checkpoint"]
-
-    def metrics_file(self, round_: int) -> Path:
-        return self.round_dir(round_) / ROUND_FILES["metrics"]
-
-    def training_log_dir(self, round_: int) -> Path:
-        return self.round_dir(round_) / ROUND_FILES["training_log"]
-
-    def batch_file(self, round_: int) -> Path:
-        return self.round_dir(round_) / ROUND_FILES["batch"]
+    selection_file = _round_path("selection")
+    scores_file = _round_path("scores")
+    checkpoint_file = _round_path("checkpoint")
+    metrics_file = _round_path("metrics")
+    training_log_dir = _round_path("training_log")
+    batch_file = _round_path("batch")
 
     def annotation_dir(self, round_: int) -> Path:
         return self.annotations_root / round_folder(round_)

@@ -312,17 +312,8 @@ class _Gains:
                 raise ValueError(f"S contains non-finite values (row {int(idx[np.argmin(ok)])})")
 
 
-def _numpy_gains(
-    gains: _Gains,
-    rows: np.ndarray,
-    bound: np.ndarray,
-    first: bool,
-    best_g: float,
-    best_j: int,
-    step: int,
-    shared: np.ndarray,
-    buf: np.ndarray,
-) -> tuple[int, float, int]:
+def _numpy_gains(gains: _Gains, rows: np.ndarray, bound: np.ndarray, first: bool, best_g: float, best_j: int,
+                 step: int, shared: np.ndarray, buf: np.ndarray) -> tuple[int, float, int]:
     """:meth:`_Gains._part` without numba: the same gains, block by block in numpy."""
     S, cur, step_rows = gains.S, gains.cur, gains.rows_per_chunk
     for a in range(0, rows.size, step_rows):
