@@ -109,6 +109,11 @@ class Config(BaseModel):
     # "human" (annotation mode: the loop stops after each selection until `nnal ingest` brings a person's masks)
     oracle: Literal["simulated", "human"] = "simulated"
 
+    @property
+    def last_round(self) -> int:
+        """The round the experiment ends with: ``rounds``, or 0 for a strategy that labels the pool at once."""
+        return 0 if self.strategy in REGISTRY and REGISTRY[self.strategy].single_round else self.rounds
+
     @model_validator(mode="after")
     def _human_oracle(self) -> Config:
         if self.oracle == "human" and self.strategy == "full":

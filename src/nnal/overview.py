@@ -23,7 +23,7 @@ def overview(root: Path) -> dict[str, Any]:
     for path in folders:
         status = experiment_status(path)
         folder = ExperimentFolder(path)
-        last = 0 if status["strategy"] == "full" else status["rounds"]
+        last = folder.read_config().last_round
         state = ("done" if folder.finished(last) else "running" if folder.busy()
                  else "failed" if str(path.relative_to(root)) in failed else "waiting")
         rows.append({"folder": str(path.relative_to(root)), "state": state, **status})

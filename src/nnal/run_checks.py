@@ -74,8 +74,7 @@ def settled(config: Config) -> Config:
     one round (every pool slice, the same schedule), the dataset as an absolute path (an nnU-Net dataset name or id
     looked up in ``$nnUNet_raw``), a default experiment name."""
     config = config.resolved()
-    if config.strategy == "full":
-        config = config.replace(rounds=0)
+    config = config.replace(rounds=config.last_round)
     config = config.replace(dataset=str(locate_dataset(config.dataset)),
                             **{k: str(Path(v).resolve()) for k in ("splits", "plans") if (v := getattr(config, k))})
     if config.experiment:

@@ -65,8 +65,7 @@ class Progress:
         running, fractions, seconds_done = [], [], []
         for exp in self.experiments:
             folder = ExperimentFolder(self.output / exp.folder)
-            rounds = 0 if exp.config.strategy == "full" else exp.config.rounds
-            total = (rounds + 1) * len(PHASES)
+            total = (exp.config.last_round + 1) * len(PHASES)
             state = folder.state.data if folder.state_file.is_file() else {"round": -1, "phase": PHASES[-1]}
             finished_phases = (state["round"] + 1) * len(PHASES) - (len(PHASES) - 1 - PHASES.index(state["phase"]))
             outcome = self.outcomes.get(exp.folder, {}).get("status")

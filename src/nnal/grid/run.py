@@ -104,7 +104,7 @@ def plan(experiments: list[GridExperiment], run: GridRun, threads: int) -> list[
     groups: dict[str, str] = {}
     for exp in sorted(experiments, key=lambda e: (e.config.dataset, e.config.fold, e.config.seed)):
         folder = run.output / exp.folder
-        if ExperimentFolder(folder).finished(exp.config.rounds if exp.config.strategy != "full" else 0):
+        if ExperimentFolder(folder).finished(exp.config.last_round):
             run.outcomes[exp.folder] = {"status": "done", "skipped": True}
             continue
         config = exp.config.to_dict()

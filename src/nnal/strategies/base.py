@@ -147,6 +147,8 @@ class Strategy:
     reads_ground_truth: bool = False
     # dropout p of the MC passes when the config leaves it unset (the paper's code scored BALD at 0.01, the others 0.1)
     mc_dropout_p: float = 0.1
+    # labels the whole pool at once (the full-label reference): one round, its own schedule, no selection rounds
+    single_round: bool = False
     _routes: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -52,7 +52,8 @@ def full_select(scores: Scores, budget: int, rng: np.random.Generator) -> np.nda
 
 
 register(Strategy("random", random_select, help="uniformly random slices"))
-register(Strategy("full", full_select, help="every pool slice: the full-label reference (one round)"))
+register(Strategy("full", full_select, help="every pool slice: the full-label reference (one round)",
+                  single_round=True))
 # the score rankings: power noising is an option of each (off by default), its beta set per round by power_prepare
 _POWER = dict(prepare=power_prepare, check_together=check_power_options)
 register(Strategy("entropy", entropy_select, needs=("entropy",), score_key="entropy", options=power_options(),
