@@ -72,7 +72,7 @@ class Progress:
             if outcome == "failed":
                 counts["failed"] += 1
                 continue
-            if outcome == "done" or folder.finished(rounds):
+            if outcome == "done" or folder.finished(exp.config.last_round):
                 counts["done"] += 1
                 fractions.append(1.0)
                 seconds_done.append(sum(sum(p.values()) for p in folder.state.data.get("seconds", {}).values()))
