@@ -121,3 +121,14 @@ def test_a_split_that_leaks_test_cases_or_names_other_cases_is_refused(splits, m
         check_splits(splits, ["a", "b", "c"], tmp_path / "splits_final.json")
     assert check_splits([{"train": ["a", "b"], "val": ["c"]}], ["a", "b", "c"], tmp_path) == [
         {"train": ["a", "b"], "val": ["c"]}]
+
+
+def test_one_round_is_the_strategys_own_property():
+    """The full-label reference labels the pool at once: its last round is 0 whatever ``rounds`` says; a selection
+    strategy ends at ``rounds``."""
+    from nnal.config import Config
+    from nnal.strategies import REGISTRY
+
+    assert [name for name, s in REGISTRY.items() if s.single_round] == ["full"]
+    assert Config(dataset="x", strategy="full", rounds=4).last_round == 0
+    assert Config(dataset="x", strategy="usimf", rounds=4).last_round == 4
