@@ -11,7 +11,6 @@ The model comes from a backend (nnU-Net's, or a test double with the same method
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nnal import __version__
 from nnal.backend.factories import nnunet_backend
 from nnal.config import Config
 from nnal.consistency import results_need_rebuild, scores_readable
@@ -31,7 +29,7 @@ from nnal.dataset import RawDataset
 from nnal.experiment import RESULT_COLUMNS, ExperimentFolder
 from nnal.oracle import Oracle, OracleFactory, simulated_oracle
 from nnal.pool import SlicePool
-from nnal.provenance import git_commit
+from nnal.provenance import environment_record
 from nnal.resume import adopt_round0, reconcile
 from nnal.run_checks import CheckedRun, check_pool_case, check_run, fold_cases, known_split, user_split
 from nnal.run_output import Emit, bar, pass_counter, summary
@@ -103,7 +101,7 @@ def _open(checked: CheckedRun, backend_factory: BackendFactory, oracle_factory: 
     backend = backend_factory(dataset, checked.cache, config)
     if not checked.prepared:
         say(f"{config.experiment}: prepared in {time.perf_counter() - t:.0f} s")
-    folder.write_environment(_environment(backend))
+    folder.write_environment(environment_record(**backend.environment(), argv=sys.argv))
     pool, test_cases = _pool_and_test(backend, config, dataset, folder)
     if share_round0 is not None and not folder.done(0, "evaluate"):
         adopt_round0(folder, ExperimentFolder(share_round0), config)
@@ -169,11 +167,6 @@ def _round(run: _Run, r: int, pool: SlicePool, labeled: np.ndarray, unlabeled: n
             folder.write_metrics(r, _metric_rows(config, r, len(labeled), rows, backend.dataset_json))
             folder.write_results()
     return pool, weights, True
-
-
-def _environment(backend) -> dict[str, Any]:
-    return {"nnal": __version__, "git_commit": git_commit(), "python": platform.python_version(),
-            "numpy": np.__version__, **backend.environment(), "argv": sys.argv}
 
 
 def _pool_and_test(backend, config: Config, dataset: RawDataset,

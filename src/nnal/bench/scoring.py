@@ -13,7 +13,6 @@ so the numbers are those of that round's scoring phase. Measured, each once afte
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 
 from nnal.errors import ConfigError
 from nnal.experiment import ExperimentFolder
-from nnal.provenance import git_commit
+from nnal.provenance import environment_record
 from nnal.strategies import get_strategy, variant_label
 
 EMBEDDING_ENTRIES = 10_000
@@ -87,7 +86,7 @@ def bench_scoring(experiment: Path, *, round_: int = 1, device: str = "cpu", mc_
         phase_over_floor=round(phase / floor, 2),
         recorded_phase_s=folder.state.data.get("seconds", {}).get(str(round_), {}).get("score"),
         config=config.to_dict(),
-        environment={**backend.environment(), "git_commit": git_commit(), "python": platform.python_version()})
+        environment=environment_record(**backend.environment()))
 
 
 def format_scoring(result: dict[str, Any]) -> str:

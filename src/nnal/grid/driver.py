@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import yaml
 
-from nnal import __version__
 from nnal.atomic import atomic_write_text
 from nnal.backend.factories import BACKENDS
 from nnal.dataset import locate_dataset
@@ -20,7 +18,7 @@ from nnal.grid.progress import Progress, preparation_steps
 from nnal.grid.run import GridRun, plan, run_local, write_status
 from nnal.grid.spec import GridSpec, expand, load_grid
 from nnal.preflight import check_writable_folder
-from nnal.provenance import git_commit
+from nnal.provenance import environment_record
 from nnal.ray_session import signals_as_interrupts
 from nnal.threads import usable_cores
 
@@ -166,5 +164,4 @@ def _environment() -> dict:
         ray_version = ray.__version__
     except ImportError:
         ray_version = None
-    return {"nnal": __version__, "git_commit": git_commit(), "python": platform.python_version(),
-            "ray": ray_version, "machine": platform.machine(), "cores": os.cpu_count()}
+    return environment_record(ray=ray_version, cores=os.cpu_count())
