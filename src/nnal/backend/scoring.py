@@ -27,10 +27,9 @@ from nnal.backend.inference import (
     volume_shape,
 )
 from nnal.backend.planning import CONFIGURATION
+from nnal.strategies.base import DETERMINISTIC_KEYS, MC_KEYS, MODEL_SCORE_KEYS
 
-MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty", "class_variance"})
-DETERMINISTIC_KEYS = frozenset({"entropy", "class_entropy", "features", "pooled_features", "head_embeddings"})
-KNOWN_KEYS = MC_KEYS | DETERMINISTIC_KEYS
+KNOWN_KEYS = MODEL_SCORE_KEYS
 FEATURE_DIM = 10_000  # Core-Set's flattened bottleneck: longer vectors are randomly projected to this many dims
 # one fixed seed for the projection, so the pool and the labeled set (two passes of a round, and every round)
 # share one matrix

@@ -48,8 +48,10 @@ SelectFn = Callable[..., np.ndarray]
 PrepareFn = Callable[..., dict[str, np.ndarray]]
 CaseSlices = list[tuple[str, np.ndarray]]
 
-MODEL_SCORE_KEYS = frozenset({"entropy", "class_entropy", "bald", "std", "variance", "class_uncertainty",
-                              "class_variance", "features", "pooled_features", "head_embeddings"})
+# the model's score keys, by pass: the MC-dropout passes' and the dropout-free pass's (the backend computes them)
+MC_KEYS = frozenset({"bald", "std", "variance", "class_uncertainty", "class_variance"})
+DETERMINISTIC_KEYS = frozenset({"entropy", "class_entropy", "features", "pooled_features", "head_embeddings"})
+MODEL_SCORE_KEYS = MC_KEYS | DETERMINISTIC_KEYS
 _POSITIONAL = {"select": ("scores", "budget", "rng"), "prepare": ("model", "pool", "scores", "rng")}
 
 
