@@ -132,3 +132,16 @@ def test_one_round_is_the_strategys_own_property():
     assert [name for name, s in REGISTRY.items() if s.single_round] == ["full"]
     assert Config(dataset="x", strategy="full", rounds=4).last_round == 0
     assert Config(dataset="x", strategy="usimf", rounds=4).last_round == 4
+
+
+def test_the_state_counts_finished_steps_and_names_the_next(tmp_path):
+    """A fresh experiment starts with round 0's selection (round 0 is never scored); after round 0 it scores round
+    1; the count of finished (round, phase) steps is what a grid's progress divides by (rounds + 1) x 4."""
+    from nnal.state import State
+
+    state = State(tmp_path / "state.json")
+    assert (state.phases_done(), state.next_step()) == (0, (0, "select"))
+    state.finish(0, "evaluate", 1.0)
+    assert (state.phases_done(), state.next_step()) == (4, (1, "score"))
+    state.finish(1, "select", 1.0)
+    assert (state.phases_done(), state.next_step()) == (6, (1, "train"))

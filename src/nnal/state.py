@@ -30,6 +30,17 @@ class State:
         self.data["seconds"].setdefault(str(round_), {})[phase] = round(seconds, 3)
         atomic_write_json(self.path, self.data)
 
+    def phases_done(self) -> int:
+        """How many (round, phase) steps have finished, round 0's score phase (never run) counted as one."""
+        return (self.data["round"] + 1) * len(PHASES) - (len(PHASES) - 1 - PHASES.index(self.data["phase"]))
+
+    def next_step(self) -> tuple[int, str]:
+        """The (round, phase) a run starts with now (round 0 is never scored: it starts with its selection)."""
+        last = PHASES.index(self.data["phase"])
+        round_ = self.data["round"] + (last == len(PHASES) - 1)
+        phase = PHASES[(last + 1) % len(PHASES)]
+        return round_, "select" if (round_, phase) == (0, "score") else phase
+
     def save(self) -> None:
         atomic_write_json(self.path, self.data)
 

@@ -66,8 +66,6 @@ class Progress:
         for exp in self.experiments:
             folder = ExperimentFolder(self.output / exp.folder)
             total = (exp.config.last_round + 1) * len(PHASES)
-            state = folder.state.data if folder.state_file.is_file() else {"round": -1, "phase": PHASES[-1]}
-            finished_phases = (state["round"] + 1) * len(PHASES) - (len(PHASES) - 1 - PHASES.index(state["phase"]))
             outcome = self.outcomes.get(exp.folder, {}).get("status")
             if outcome == "failed":
                 counts["failed"] += 1
@@ -77,12 +75,10 @@ class Progress:
                 fractions.append(1.0)
                 seconds_done.append(sum(sum(p.values()) for p in folder.state.data.get("seconds", {}).values()))
                 continue
-            fractions.append(max(0, finished_phases) / total)
+            fractions.append(max(0, folder.state.phases_done()) / total)
             if folder.busy():
                 counts["running"] += 1
-                round_ = state["round"] + (state["phase"] == PHASES[-1])
-                phase = PHASES[(PHASES.index(state["phase"]) + 1) % len(PHASES)]
-                phase = "select" if (round_, phase) == (0, "score") else phase  # round 0 is never scored
+                round_, phase = folder.state.next_step()
                 running.append(f"{exp.folder} (round {round_}, {phase})")
             else:
                 counts["waiting"] += 1
