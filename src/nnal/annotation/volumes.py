@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 
 from nnal.dataset import UNREADABLE
+from nnal.dataset_checks import NIFTI_ENDINGS
 
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 WORLD_AXES = "xyz"  # NIfTI world space (RAS+, mm)
 
 
