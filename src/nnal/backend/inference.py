@@ -13,7 +13,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnal.backend.planning import CONFIGURATION
+from nnal.backend.planning import CONFIGURATION, patch_size
 
 
 def build_network(plans: dict, dataset_json: dict, weights: Mapping[str, torch.Tensor] | None,
@@ -153,7 +153,7 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> di
 def predict_volume(net: torch.nn.Module, data: np.ndarray, plans: dict, batch_size: int,
                    device: torch.device) -> np.ndarray:
     """Argmax segmentation ``(z, y, x)`` of a preprocessed volume, slices stacked into batches."""
-    patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
+    patch = patch_size(plans)
     target = padded_shape(data.shape[2:], patch, total_stride(plans))
     pred = np.zeros(data.shape[1:], dtype=np.int16)
     for idx, batch in slice_batches(data, np.arange(data.shape[1]), batch_size, target):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from nnal.backend import gradients, inference, scoring
-from nnal.backend.planning import CONFIGURATION
+from nnal.backend.planning import patch_size
 
 CaseSlices = list[tuple[str, np.ndarray]]
 
@@ -39,7 +39,7 @@ class Model:
 
     def batch_plan(self, cases: CaseSlices, batch_size: int) -> list[scoring.PlannedBatch]:
         """The batches every pass over ``cases`` forms (``scoring.batch_plan``), from the volumes' headers."""
-        patch = tuple(self.plans["configurations"][CONFIGURATION]["patch_size"])
+        patch = patch_size(self.plans)
         return scoring.batch_plan(self.folder, cases, batch_size, patch, inference.total_stride(self.plans))
 
     def parameter_count(self, group: str) -> int:
@@ -85,7 +85,7 @@ class Model:
 
     def _batches(self, cases: CaseSlices, batch_size: int):
         """The slices zero-padded (centred) into batches, with their valid masks (``scoring.pooled_batches``)."""
-        patch = tuple(self.plans["configurations"][CONFIGURATION]["patch_size"])
+        patch = patch_size(self.plans)
         return scoring.pooled_batches(self.folder, cases, batch_size, patch, inference.total_stride(self.plans))
 
     def predict_slices(self, case: str, slices: np.ndarray, batch_size: int = 128

@@ -119,5 +119,11 @@ def with_dropout(plans: dict, kind: str, p: float) -> dict:
     return out
 
 
+def patch_size(plans: dict) -> tuple[int, int]:
+    """The 2d configuration's patch (y, x) nnU-Net planned."""
+    y, x = plans["configurations"][CONFIGURATION]["patch_size"]
+    return int(y), int(x)
+
+
 def preprocessed_dir(root: Path, folder_name: str, plans: dict) -> Path:
     return CacheLayout(root).preprocessed_root(folder_name) / plans["configurations"][CONFIGURATION]["data_identifier"]

@@ -26,7 +26,7 @@ from nnal.backend.inference import (
     use_packed_dropout,
     volume_shape,
 )
-from nnal.backend.planning import CONFIGURATION
+from nnal.backend.planning import patch_size
 from nnal.strategies.base import DETERMINISTIC_KEYS, MC_KEYS, MODEL_SCORE_KEYS
 
 KNOWN_KEYS = MODEL_SCORE_KEYS
@@ -147,7 +147,7 @@ def _stack(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Ten
 
 def feature_grid(plans: dict) -> tuple[int, int]:
     """Core-Set's fixed bottleneck grid: the patch size over the total stride (cells), the same for every case."""
-    patch = plans["configurations"][CONFIGURATION]["patch_size"]
+    patch = patch_size(plans)
     return tuple(-(-int(p) // s) for p, s in zip(patch, total_stride(plans), strict=True))
 
 
@@ -344,7 +344,7 @@ def score_pool(net: torch.nn.Module, plans: dict, folder: Path, cases: Iterable[
     unknown = set(keys) - KNOWN_KEYS
     if unknown:
         raise ValueError(f"unknown score keys: {sorted(unknown)}")
-    patch = tuple(plans["configurations"][CONFIGURATION]["patch_size"])
+    patch = patch_size(plans)
     torch.manual_seed(seed)
     features = _FeatureMap(total_stride(plans), feature_grid(plans), feature_dim, [])
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
