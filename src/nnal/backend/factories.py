@@ -19,8 +19,6 @@ class NnunetFactory:
     def __call__(self, dataset: RawDataset, cache: Path, config: Config) -> SegmentationBackend:
         from nnal.backend.session import Backend
 
-        if config.mc_dropout_p is None:  # a built Config holds the strategy's own p here
-            raise ValueError("mc_dropout_p is unset: build the Config with nnal.config.build")
         # mypy checks at this return that nnU-Net's backend conforms to the seam
         return Backend(dataset, cache, dropout=config.dropout, dropout_p=config.dropout_p,
                        mc_dropout_p=config.mc_dropout_p, num_processes=config.num_processes, device=config.device,

@@ -24,7 +24,7 @@ from nnal.dataset_checks import read_plans
 class Backend:
     """nnU-Net planned and preprocessed for one dataset; the loop's only door to nnU-Net."""
 
-    def __init__(self, dataset: RawDataset, cache: Path, *, dropout: str, dropout_p: float, mc_dropout_p: float,
+    def __init__(self, dataset: RawDataset, cache: Path, *, dropout: str, dropout_p: float, mc_dropout_p: float | None,
                  num_processes: int, device: str, verbose: bool = False, plans_file: str | None = None):
         set_threads()
         self.device = resolve_device(device)
