@@ -31,6 +31,7 @@ def test_every_contract_is_kept():
     ("loop.py", "from nnal.annotation.oracle import make_oracle", "the loop and the core know no feature package"),
     ("analysis/tables.py", "from nnal.backend.session import Backend", "analysis draws predictions"),
     ("config.py", "import nnunetv2", "torch and nnU-Net are imported only by the backend"),
+    ("run_checks.py", "from nnal.backend.runtime import check_device", "reach the backend only through its door"),
 ])
 def test_an_offending_import_breaks_its_contract(tmp_path, module, line, contract):
     copy = tmp_path / "src"

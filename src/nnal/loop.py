@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nnal.backend.factories import nnunet_backend
+from nnal.backend.factories import nnunet_backend, sharded_model
 from nnal.config import Config
 from nnal.consistency import results_need_rebuild, scores_readable
 from nnal.dataset import RawDataset
@@ -217,9 +217,7 @@ def scoring_model(backend, weights, config: Config, checkpoint: Path, say: Emit)
     if config.score_shards == 1:
         yield backend.model(weights)
         return
-    from nnal.backend.shards import ShardedModel
-
-    with ShardedModel(backend, weights, checkpoint, config.score_shards, say=say) as model:
+    with sharded_model(backend, weights, checkpoint, config.score_shards, say) as model:
         yield model
 
 

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nnal.backend.factories import check_device, cuda_available
 from nnal.config import Config
 from nnal.consistency import check_folder
 from nnal.dataset import RawDataset, fingerprint, load_dataset, locate_dataset, validate
@@ -51,8 +52,6 @@ def check_run(config: Config, output: Path, cache: Path | None, backend_factory:
     check_settings(config, dataset, cache, backend_factory)
     identity = fingerprint(dataset)
     folder.check_dataset(identity)
-    from nnal.backend.runtime import check_device  # torch loads only here
-
     check_device(config.device)
     if config.score_shards > 1:
         require_ray(f"score_shards: {config.score_shards}")
@@ -105,8 +104,6 @@ def check_settings(config: Config, dataset: RawDataset, cache: Path, backend_fac
     copies = config.redundancy.copies if config.redundancy is not None else 0
     on_cpu = config.device == "cpu"
     if config.device == "auto":
-        from nnal.backend.runtime import cuda_available  # torch loads only here
-
         on_cpu = not cuda_available()
     check_memory(dataset, pool_cases=pool_cases, duplicate=duplicate, copies=copies,
                  mc_passes=config.mc_passes if on_cpu else 1, batch_size=config.score_batch_size or 1)
