@@ -35,10 +35,10 @@ class CacheLayout:
         return self.root / name
 
     def raw_dir(self, folder_name: str) -> Path:
-        return self.root / "raw" / folder_name
+        return self.folder("raw") / folder_name
 
     def preprocessed_root(self, folder_name: str) -> Path:
-        return self.root / "preprocessed" / folder_name
+        return self.folder("preprocessed") / folder_name
 
     def split_file(self, folder_name: str) -> Path:
         return self.preprocessed_root(folder_name) / SPLIT_FILE

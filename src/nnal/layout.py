@@ -52,15 +52,11 @@ def numbered_rounds(parent: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def is_experiment(path: Path) -> bool:
-    return (Path(path) / FILES["config"]).is_file()
-
-
 def experiment_folders(root: Path, depth: int = 3) -> list[Path]:
     """The experiment folders ``root`` stands for: itself, or those below it (a grid's output, the demo's), at most
     ``depth`` levels down, in name order; a grid's shared round 0s and nnU-Net caches are not among them."""
     root = Path(root)
-    if is_experiment(root):
+    if Layout(root).holds_experiment():
         return [root]
     if depth == 0 or not root.is_dir():
         return []

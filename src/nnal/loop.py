@@ -228,7 +228,7 @@ def _select(folder: ExperimentFolder, config: Config, strategy: Strategy, pool: 
     if initial is not None:  # annotation mode: the labels already present are round 0's labeled set
         return initial, np.full(len(initial), np.nan)
     if r == 0:
-        if strategy.name == "full":  # every slice once: a duplicated case's copies hold no label of their own
+        if strategy.single_round:  # every slice once: a duplicated case's copies hold no label of their own
             originals = pool.original_ids()
             return originals[rng.choice(len(originals), size=len(originals), replace=False)], np.full(
                 len(originals), np.nan)

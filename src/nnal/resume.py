@@ -42,7 +42,7 @@ def adopt_round0(folder: ExperimentFolder, source: ExperimentFolder, config: Con
     other = source.read_config()
     if any(getattr(other, f) != getattr(config, f) for f in ROUND0_FIELDS):
         return False
-    if (other.strategy == "full") != (config.strategy == "full"):  # full's round 0 is the whole pool
+    if get_strategy(other.strategy).single_round != get_strategy(config.strategy).single_round:  # full: the pool
         return False
     shutil.copytree(source.round_dir(0), folder.round_dir(0), dirs_exist_ok=True)
     metrics = pd.read_csv(folder.metrics_file(0)).assign(experiment=config.experiment, strategy=config.strategy)

@@ -28,7 +28,7 @@ class State:
     def finish(self, round_: int, phase: str, seconds: float) -> None:
         self.data["round"], self.data["phase"] = round_, phase
         self.data["seconds"].setdefault(str(round_), {})[phase] = round(seconds, 3)
-        atomic_write_json(self.path, self.data)
+        self.save()
 
     def phases_done(self) -> int:
         """How many (round, phase) steps have finished, round 0's score phase (never run) counted as one."""
