@@ -39,8 +39,9 @@ def test_regimes_by_hand():
     low, medium, high = propose(c, rounds=4)
     # low: from 50% (10 slices) to 85% (80 slices): 4 rounds of ceil(70 / 4) = 18
     assert (low.initial, low.budget, low.reached) == (10, 18, True)
-    # medium: 85% at 80 slices; 95% between 160 and 640: exp(log 160 + 5/9 log 4) = 346.3 -> 347
-    assert medium.initial == 80 and medium.budget == math.ceil((347 - 80) / 4)
+    # medium: 70% between 10 and 40: exp(log 10 + 2/3 log 4) = 25.2 -> 25; 95% between 160 and 640:
+    # exp(log 160 + 5/9 log 4) = 346.3 -> 347
+    assert medium.initial == 25 and medium.budget == math.ceil((347 - 25) / 4)
     assert high.initial == 160 and high.reached  # 98% is reached before 640
 
 

@@ -22,7 +22,9 @@ import yaml
 from nnal.errors import ConfigError, DatasetError
 
 # (name, fraction of the reference's Dice where Random's curve starts the regime, where it ends)
-REGIMES = (("low", 0.50, 0.85), ("medium", 0.85, 0.95), ("high", 0.90, 0.98))
+# medium starts at 70%, not at low's end: a round 0 read off the seed mean at 85% lands above 85% for a healthy
+# seed (results/low-label-cpu: 96% at 357 slices), which leaves nothing for selection to win
+REGIMES = (("low", 0.50, 0.85), ("medium", 0.70, 0.95), ("high", 0.90, 0.98))
 ROUNDS = 4  # selection rounds of each proposed regime
 COMPARISON = ("random", "random-fg", "entropy", "bald", "coreset", "badge", "usimc", "usimf", "clasp-pe")
 
