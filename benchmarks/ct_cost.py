@@ -9,8 +9,8 @@ warm-up. Training is timed at ``--train-batch`` samples per iteration, not at th
 slices of 512 x 512 for a GPU, whose float32 activations alone exceed this machine's 24 GB (the first attempt was
 killed by the kernel at 24 GB); seconds per iteration at the plan's batch are projected as seconds per sample times
 the batch, which holds where a batch's cost is its samples' compute (CPU; on a GPU, time the plan's batch directly
-with ``--train-batch 0``). Writes a JSON with the device, the plan (patch, batch, parameters), the measurements, the projection and
-the git commit.
+with ``--train-batch 0``). Writes a JSON with the device, the plan (patch, batch, parameters), the measurements,
+the projection and the git commit.
 
     python benchmarks/ct_cost.py --device cpu --json results/ct-cost-cpu.json
     python benchmarks/ct_cost.py --device cuda --json $OUT/ct-cost-gpu.json      (on a GPU machine)

@@ -106,3 +106,31 @@ def test_a_bad_budget_schedule_is_refused(budget, message):
     with pytest.raises(ConfigError, match=message):
         build({"dataset": "x", "rounds": 3, "budget": budget})
     assert build({"dataset": "x", "rounds": 3, "budget": [100, 100, 900]}).budget_for(3) == 900
+
+
+def test_a_run_validates_its_config_once_where_it_comes_in(toy_dataset, tmp_path, monkeypatch):
+    """`nnal run`'s path: the flags are validated when they are built; settling the config (preset schedule, one
+    round for a single-round strategy, absolute paths, the experiment name) and the whole run validate nothing again,
+    yet the saved config holds the settled values."""
+    from nnal.backend.fake import fake_backend
+    from nnal.config import from_sources
+    from nnal.experiment import ExperimentFolder
+    from nnal.loop import run_experiment
+
+    config = from_sources({"dataset": str(toy_dataset), "strategy": "entropy", "rounds": 1, "initial": 4,
+                           "budget": 2, "epochs_initial": 1, "epochs_per_round": 1, "iterations_per_epoch": 1,
+                           "test_cases": 2})
+    built = []
+    original = Config.__init__
+
+    def counting(self, **values):
+        built.append(values)
+        original(self, **values)
+
+    monkeypatch.setattr(Config, "__init__", counting)
+    run_experiment(config, tmp_path / "exp", cache=tmp_path / "cache", progress=False, backend_factory=fake_backend)
+    monkeypatch.undo()
+    assert built == []
+    saved = ExperimentFolder(tmp_path / "exp").read_config()
+    assert saved.experiment == f"{toy_dataset.name}-entropy-f0-s0" and Path(saved.dataset).is_absolute()
+    assert saved.mc_dropout_p is not None and saved.batch_size is not None

@@ -151,12 +151,18 @@ class Config(BaseModel):
         """A copy with ``changes``, validated again."""
         return build({**self.to_dict(), **changes}, "config")
 
-    def resolved(self) -> Config:
-        """Fill schedule fields left at None from the preset, the MC-dropout p from the strategy."""
+    def preset_values(self) -> dict[str, Any]:
+        """The schedule fields left at None, from the preset, and the MC-dropout p from the strategy."""
         fill = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
         if self.mc_dropout_p is None:
             fill["mc_dropout_p"] = get_strategy(self.strategy).mc_dropout_p
-        return self.replace(**fill) if fill else self
+        return fill
+
+    def resolved(self) -> Config:
+        """Fill schedule fields left at None from the preset, the MC-dropout p from the strategy. Not validated
+        again: the values come from nnal's presets and strategy declarations, checked by their own tests."""
+        fill = self.preset_values()
+        return self.model_copy(update=fill) if fill else self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

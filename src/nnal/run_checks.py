@@ -72,13 +72,13 @@ def settled(config: Config) -> Config:
     """The config as an experiment folder saves it: schedule filled from the preset, the full-label reference as
     one round (every pool slice, the same schedule), the dataset as an absolute path (an nnU-Net dataset name or id
     looked up in ``$nnUNet_raw``), a default experiment name."""
-    config = config.resolved()
-    config = config.replace(rounds=config.last_round)
-    config = config.replace(dataset=str(locate_dataset(config.dataset)),
-                            **{k: str(Path(v).resolve()) for k in ("splits", "plans") if (v := getattr(config, k))})
-    if config.experiment:
-        return config
-    return config.replace(experiment=f"{Path(config.dataset).name}-{config.strategy}-f{config.fold}-s{config.seed}")
+    dataset = locate_dataset(config.dataset)
+    settle = {**config.preset_values(), "rounds": config.last_round, "dataset": str(dataset),
+              **{k: str(Path(v).resolve()) for k in ("splits", "plans") if (v := getattr(config, k))}}
+    if not config.experiment:
+        settle["experiment"] = f"{dataset.name}-{config.strategy}-f{config.fold}-s{config.seed}"
+    # validated once, where it came in (config.build): these values are nnal's own, so no second validation
+    return config.model_copy(update=settle)
 
 
 def check_backend(folder: ExperimentFolder, backend_factory: BackendFactory) -> None:
