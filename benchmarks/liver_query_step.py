@@ -7,7 +7,7 @@ The query step is the loop's, in its order (``nnal.loop``: ``_score`` -> ``Exper
 ``_select``): ``Strategy.score`` (the model's pass over the unlabeled pool and the strategy's prepare step), the
 scores written to the round's ``scores.npz``, read back, and ``Strategy.__call__`` (checks, then the strategy's
 select), the selection written to ``selection.csv``. Only the model is a stand-in:
-``nnal.backend.fake.LiverShapedModel`` gives the output shapes of a Liver-sized 2d nnU-Net (per-slice scalars,
+``LiverShapedModel`` (below) gives the output shapes of a Liver-sized 2d nnU-Net (per-slice scalars,
 (N, 2) per-class scores, Core-Set features (N, 10,000), BADGE's last-conv gradients (N, 9,248), USIM's gradient
 embeddings (N, 10,000), a Fisher diagonal over the whole network's 46.3 M parameters) as seeded noise, batch by
 batch, without the per-pixel work. Round 1 of a pool of 104,133 slices over 105 cases, 100 of them labeled
@@ -37,12 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nnal.backend.names import LOSSES, PARAMETER_GROUPS
 
 REPO = Path(__file__).resolve().parents[1]
 POOL_SLICES = 104_133  # the paper's Liver pool
@@ -124,6 +126,122 @@ def query_step(folder_root: Path, pool, config, model, phase: Phase = _untimed, 
     return chosen
 
 
+# --------------------------------------------------------------------------- the stand-in model: Liver-sized outputs
+
+CaseSlices = list[tuple[str, np.ndarray]]
+
+# MSD Task03_Liver in nnU-Net v2's 2d configuration: background, liver, tumour; a 512 x 512 patch and 8 stages of
+# 32 .. 512 features (PlainConvUNet). Parameters per group as nnal.backend.gradients counts them on that network.
+LIVER_CLASSES = 3
+LIVER_PARAMETERS = {"bottleneck": 2_359_296, "last-decoder-conv": 9_248, "decoder-convs": 23_587_776,
+                    "decoder": 27_445_973, "network": 46_326_581}
+# Core-Set's flattened bottleneck at the backend's cap (scoring.FEATURE_DIM; the planned network's 512 x 4 x 4 grid
+# gives 8,192, so 10,000 is the upper bound), the pooled bottleneck (512 channels), the 1x1 head's closed-form
+# gradients (3 classes x (32 inputs + bias))
+LIVER_DIMS = {"features": 10_000, "pooled_features": 512, "head_embeddings": LIVER_CLASSES * 33}
+FOREGROUND_SHARE = 0.4  # slices showing liver; the rest are nearly certain background
+
+
+class LiverShapedModel:
+    """``nnal.strategies.ModelLike`` with the output shapes of a Liver-sized nnU-Net, its numbers seeded noise.
+
+    Outputs are drawn batch by batch and put together as the real backend does (per-batch blocks, one
+    concatenation at the end), so a measured peak includes that concatenation. With ``pixels`` (tests), every batch
+    also materialises its per-pixel probabilities, ``(T, B, C, H, W)``, and reduces them to per-slice scores: each
+    such tensor is recorded in ``pixel_tensors``, and a call asking for batches larger than ``max_batch`` slices is
+    refused (MemoryError), so a test sees that per-pixel data only ever exists per batch.
+    """
+
+    def __init__(self, seed: int = 0, *, pixels: tuple[int, int] | None = None, max_batch: int | None = None,
+                 parameters: Mapping[str, int] = LIVER_PARAMETERS, dims: Mapping[str, int] = LIVER_DIMS,
+                 classes: int = LIVER_CLASSES):
+        self.seed, self.pixels, self.max_batch = seed, pixels, max_batch
+        self.parameters, self.dims, self.classes = dict(parameters), dict(dims), classes
+        self.pixel_tensors: list[tuple[int, ...]] = []  # shape of every per-pixel tensor made
+        self.largest_return = 0  # elements of the largest array one call returned
+
+    def parameter_count(self, group: str) -> int:
+        return self.parameters[group]
+
+    def scores(self, cases: CaseSlices, keys: set[str], *, mc_passes: int, batch_size: int, seed: int,
+               on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, seed, 1])
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for b in self._batches(cases, batch_size):
+            values = self._pixel_scores(rng, b, mc_passes, self.pixels) if self.pixels else self._slice_scores(rng, b)
+            for k in keys:
+                parts[k].append(values[k] if k in values else self._noise(rng, b, self.dims[k]))
+            if on_batch is not None:
+                on_batch(b)
+        return {k: self._joined(v) for k, v in parts.items()}
+
+    def gradient_embeddings(self, cases: CaseSlices, *, group: str, index: np.ndarray | None, batch_size: int,
+                            loss: str = "log-likelihood", on_batch: Callable[[int], None] | None = None
+                            ) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, PARAMETER_GROUPS.index(group), LOSSES.index(loss), 2])
+        width = self.parameters[group] if index is None else len(index)
+        rows = []
+        for b in self._batches(cases, batch_size):
+            if self.pixels:  # the backward's per-pixel loss map of the batch
+                self._pixel_tensor(rng, (b, self.classes, *self.pixels))
+            rows.append(self._noise(rng, b, width))
+            if on_batch is not None:
+                on_batch(b)
+        return self._joined(rows)
+
+    def fisher(self, cases: CaseSlices, counts: np.ndarray, *, group: str, batch_size: int,
+               loss: str = "log-likelihood") -> np.ndarray:
+        rng = np.random.default_rng([self.seed, PARAMETER_GROUPS.index(group), LOSSES.index(loss), 3])
+        for b in self._batches(cases, batch_size):
+            if self.pixels:
+                self._pixel_tensor(rng, (b, self.classes, *self.pixels))
+        return self._joined([rng.gamma(2.0, 0.5, self.parameters[group]) + 1e-3])
+
+    def _batches(self, cases: CaseSlices, batch_size: int) -> list[int]:
+        if self.max_batch is not None and batch_size > self.max_batch:
+            raise MemoryError(f"asked for batches of {batch_size} slices, more than {self.max_batch}")
+        n = sum(len(s) for _, s in cases)
+        return [min(batch_size, n - start) for start in range(0, n, batch_size)]
+
+    def _joined(self, blocks: list[np.ndarray]) -> np.ndarray:
+        out = np.concatenate(blocks) if blocks else np.empty(0, np.float32)
+        self.largest_return = max(self.largest_return, out.size)
+        return out
+
+    @staticmethod
+    def _noise(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+        return rng.standard_normal((rows, cols), dtype=np.float32)
+
+    def _slice_scores(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
+        """Per-slice values drawn directly: a log-normal uncertainty on liver slices, near zero elsewhere."""
+        level = np.exp(rng.normal(0.0, 0.7, b)) * np.where(rng.random(b) < FOREGROUND_SHARE, 1.0, 0.02)
+        per_class = (level[:, None] * rng.uniform(0.2, 1.0, (b, self.classes - 1))).astype(np.float32)
+        scalar = level.astype(np.float32)
+        return {"entropy": 0.5 * scalar, "bald": 0.1 * scalar, "std": 0.3 * scalar, "variance": 0.05 * scalar,
+                "class_entropy": 0.5 * per_class, "class_uncertainty": 0.3 * per_class,
+                "class_variance": 0.05 * per_class}
+
+    def _pixel_scores(self, rng: np.random.Generator, b: int, passes: int, pixels: tuple[int, int]
+                      ) -> dict[str, np.ndarray]:
+        """Per-slice values reduced from the batch's per-pixel probabilities (dropout-free and ``passes`` MC)."""
+        mc = self._pixel_tensor(rng, (passes, b, self.classes, *pixels))
+        p = mc.mean(0)
+        pixel_entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
+        mc_entropy = -(mc * np.log(np.clip(mc, 1e-12, None))).sum(2).mean(0)
+        var = mc.var(0)
+        return {"entropy": pixel_entropy.mean((1, 2)), "bald": (pixel_entropy - mc_entropy).mean((1, 2)),
+                "std": np.sqrt(var).mean((1, 2, 3)), "variance": var.mean((1, 2, 3)),
+                "class_entropy": (pixel_entropy[:, None] * p[:, 1:]).mean((2, 3)),
+                "class_uncertainty": np.sqrt(var[:, 1:]).mean((2, 3)), "class_variance": var[:, 1:].mean((2, 3))}
+
+    def _pixel_tensor(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Softmax probabilities over the class axis (third from last), float32; recorded."""
+        self.pixel_tensors.append(tuple(shape))
+        logits = rng.standard_normal(shape, dtype=np.float32)
+        logits = np.exp(logits - logits.max(-3, keepdims=True))
+        return logits / logits.sum(-3, keepdims=True)
+
+
 # ----------------------------------------------------------------------------------------- one strategy, one process
 
 
@@ -133,7 +251,6 @@ def _gb(kib: int | None) -> float:
 
 
 def _child(label: str, slices: int, work: Path, keep_scores: bool) -> dict[str, Any]:
-    from nnal.backend.fake import LiverShapedModel
     from nnal.bench.process import proc_status_kb, reset_peak_rss
 
     _, name, options = next(s for s in STRATEGIES if s[0] == label)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnal.backend.fake import LiverShapedModel
 from nnal.experiment import ExperimentFolder
 from nnal.loop import phase_seed
 from nnal.strategies import get_strategy
@@ -37,6 +36,7 @@ def _bench():
 
 
 bench = _bench()
+LiverShapedModel = bench.LiverShapedModel
 
 
 def _options(name: str, options: dict) -> dict:
