@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,3 +136,10 @@ def run_as_nnal_run(*args, **kwargs):
     from nnal.loop import run_experiment
 
     return run_experiment(*args, oracle_factory=make_oracle, **kwargs)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that a test interrupts with SIGINT: the default disposition back. A suite started in
+    the background (``make test &``) runs with SIGINT ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so the child would never see the signal the test is about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import make_mini_hippocampus
+from conftest import default_sigint, make_mini_hippocampus
 
 from nnal.dataset import load_dataset, write_nnunet_raw
 
@@ -92,7 +92,7 @@ def test_an_interrupted_ray_grid_leaves_no_process_behind(signum, tmp_path, toy_
     proc = subprocess.Popen([sys.executable, "-m", "nnal.cli", "grid", str(_grid_file(tmp_path, toy_dataset)),
                              "--output", str(tmp_path / "out"), "--dry-run", "--no-report", "--max-parallel", "2"],
                             env={**os.environ, "NNAL_FAKE_DELAY": "2"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
     lines: list[str] = []
     _lines(proc.stdout, lines)
     driver = psutil.Process(proc.pid)

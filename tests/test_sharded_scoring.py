@@ -22,7 +22,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import assert_one_line_error, run_cli, small_unet
+from conftest import assert_one_line_error, default_sigint, run_cli, small_unet
 
 import nnal.backend.shards as shards_module
 import nnal.loop as loop
@@ -344,7 +344,8 @@ def test_an_interrupted_sharded_score_leaves_no_process_behind(sig):
     """The local Ray instance a sharded score starts ends with it: Ctrl-C or SIGTERM, and every process it started
     is gone."""
     pytest.importorskip("ray")
-    proc = subprocess.Popen([sys.executable, "-c", LOCAL_RAY], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL_RAY], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         line = _first_line(proc, WAIT)
         started = [psutil.Process(int(pid)) for pid in line.split()]
