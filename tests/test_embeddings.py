@@ -242,3 +242,25 @@ def test_the_models_fisher_is_the_count_weighted_mean_of_its_squared_embeddings(
     fisher = model.fisher(CASES, counts, group="decoder-convs", batch_size=3, loss=loss)
     np.testing.assert_allclose(fisher, (g**2 * counts[:, None]).sum(0) / counts.sum(), rtol=1e-4, atol=1e-12)
     assert fisher.shape == (model.parameter_count("decoder-convs"),)
+
+
+@pytest.mark.parametrize("pixels", [1, 2 * PATCH[0] * PATCH[1]])
+def test_a_batch_of_large_slices_goes_through_in_chunks_with_the_same_gradients(model, pixels, monkeypatch):
+    """A score batch whose slices exceed the per-pass pixel budget (512 x 512 CT: 2 slices a pass) is split into
+    consecutive parts: the same per-sample rows and the same Fisher as the one-pass batch, only less memory held."""
+    import nnal.backend.model as model_module
+
+    counts = np.array([2, 1, 3, 1])
+    whole_rows = model.gradient_embeddings(CASES, group="decoder-convs", index=None, batch_size=4)
+    whole_fisher = model.fisher(CASES, counts, group="decoder-convs", batch_size=4)
+    calls = []
+    per_sample = model_module.gradients.per_sample_gradients
+    monkeypatch.setattr(model_module, "GRADIENT_PIXELS", pixels)
+    monkeypatch.setattr(model_module.gradients, "per_sample_gradients",
+                        lambda net, batch, *a: calls.append(len(batch)) or per_sample(net, batch, *a))
+    rows = model.gradient_embeddings(CASES, group="decoder-convs", index=None, batch_size=4)
+    assert calls and max(calls) == (1 if pixels == 1 else 2) and sum(calls) == 4
+    # float32 convolutions round differently by batch size: equal up to 1e-5 of the largest entry
+    np.testing.assert_allclose(rows, whole_rows, rtol=1e-4, atol=1e-5 * np.abs(whole_rows).max())
+    np.testing.assert_allclose(model.fisher(CASES, counts, group="decoder-convs", batch_size=4), whole_fisher,
+                               rtol=1e-4, atol=1e-5 * whole_fisher.max())

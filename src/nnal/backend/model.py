@@ -16,6 +16,10 @@ from nnal.backend import gradients, inference, scoring
 from nnal.backend.planning import patch_size
 
 CaseSlices = list[tuple[str, np.ndarray]]
+# pixels per per-sample-gradient pass: a pass holds every layer's input and output gradient, and each convolution's
+# unfolded input (9 x channels x pixels a sample), so a score batch of 512 x 512 slices (8 of them: over 23 GB for the
+# whole network) goes through in chunks of 2; Hippocampus' batch of 128 slices (286,720 pixels) stays one pass
+GRADIENT_PIXELS = 2**19
 
 
 class Model:
@@ -58,8 +62,9 @@ class Model:
         idx = None if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long, device=self.device)
         rows = []
         for batch, mask in self._batches(cases, batch_size):
-            rows.append(gradients.per_sample_gradients(self.network, batch.to(self.device), mask.to(self.device),
-                                                       names, idx, loss).cpu())
+            for part, part_mask in _gradient_chunks(batch, mask):
+                rows.append(gradients.per_sample_gradients(self.network, part.to(self.device),
+                                                           part_mask.to(self.device), names, idx, loss).cpu())
             if on_batch is not None:
                 on_batch(len(batch))
         return torch.cat(rows).numpy()
@@ -79,9 +84,13 @@ class Model:
         weights = torch.as_tensor(np.asarray(counts, dtype=np.float64))
         start = 0
         for batch, mask in self._batches(cases, batch_size):
-            yield gradients.per_sample_square_sums(self.network, batch.to(self.device), mask.to(self.device), names,
-                                                   weights[start:start + len(batch)], loss)
-            start += len(batch)
+            total = None
+            for part, part_mask in _gradient_chunks(batch, mask):
+                sums = gradients.per_sample_square_sums(self.network, part.to(self.device), part_mask.to(self.device),
+                                                        names, weights[start:start + len(part)], loss)
+                total = sums if total is None else total + sums
+                start += len(part)
+            yield total
 
     def _batches(self, cases: CaseSlices, batch_size: int):
         """The slices zero-padded (centred) into batches, with their valid masks (``scoring.pooled_batches``)."""
@@ -108,6 +117,12 @@ class Model:
             if on_case is not None:
                 on_case()
         return rows
+
+
+def _gradient_chunks(batch: torch.Tensor, mask: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A score batch in consecutive parts of at most :data:`GRADIENT_PIXELS` pixels (at least one slice each)."""
+    per = max(1, GRADIENT_PIXELS // (batch.shape[-2] * batch.shape[-1]))
+    yield from zip(batch.split(per), mask.split(per), strict=True)
 
 
 def fold_fisher(parts: Iterable[torch.Tensor], counts: np.ndarray) -> np.ndarray:
