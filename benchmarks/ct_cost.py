@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from nnal.bench.process import read_peak_rss_mb
 from nnal.provenance import git_commit
 
 # the paper's pools and schedule (Sec. 4; Liver: 104,133 slices in the paper's pool; Spleen: 41 volumes of about 90
@@ -48,7 +48,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return read_peak_rss_mb() / 1024  # the process's peak so far (VmHWM, never reset here)
 
 
 def measure(dataset: Path, cache: Path, device: str, slices: int, repeats: int, train_batch: int) -> dict:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from nnal.backend.names import LOSSES, PARAMETER_GROUPS
+from nnal.strategies.base import CaseSlices
 
 REPO = Path(__file__).resolve().parents[1]
 POOL_SLICES = 104_133  # the paper's Liver pool
@@ -127,8 +128,6 @@ def query_step(folder_root: Path, pool, config, model, phase: Phase = _untimed, 
 
 
 # --------------------------------------------------------------------------- the stand-in model: Liver-sized outputs
-
-CaseSlices = list[tuple[str, np.ndarray]]
 
 # MSD Task03_Liver in nnU-Net v2's 2d configuration: background, liver, tumour; a 512 x 512 patch and 8 stages of
 # 32 .. 512 features (PlainConvUNet). Parameters per group as nnal.backend.gradients counts them on that network.

@@ -230,6 +230,3 @@ class FakeFactory:
 
 
 fake_backend = FakeFactory()
-
-
-# --- a Liver-shaped model seam: the query step's memory at the paper's scale ---------------------------------------
