@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from nnal.config import build
+from nnal.dataset import locate_dataset
 from nnal.grid.spec import load_grid, settings_for
 from nnal.loop import run_experiment
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     spec = load_grid(args.grid)
     strategy = "full" if args.full else "random"
     settings = settings_for(spec, strategy)
-    dataset = str(Path(spec.datasets[0]).resolve())
+    dataset = str(locate_dataset(spec.datasets[0], base=args.grid.parent))  # as `nnal grid` finds it
     rows = []
     start = time.perf_counter()
     for fold in args.folds:
